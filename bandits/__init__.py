@@ -1,0 +1,1 @@
+"""bandits: see DESIGN.md; built by later issues."""

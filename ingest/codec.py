@@ -1,0 +1,137 @@
+"""Encoding and validating decoding of events.
+
+Decoding is msgspec's: typed and strict, about a quarter of a microsecond for a click.
+When a message breaks the contract, the error is rewritten to name the field path, the
+offending value and the rule, e.g. ``slots[0].propensity=1.7 must be in (0, 1]``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from ingest.events import FIELD_RULES, Event
+
+_decoder = msgspec.json.Decoder(Event)
+_raw_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+_batch_decoder = msgspec.json.Decoder(list[Event])
+
+_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_PATH_PART = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+)\]")
+
+
+class InvalidEvent(ValueError):
+    """A message that is not a valid event. ``reason`` is the one-line explanation."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A message that failed validation: where it sat in its batch and why."""
+
+    index: int
+    reason: str
+
+
+def encode(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def encode_many(events: Sequence[Event]) -> list[bytes]:
+    encode_one = _encoder.encode
+    return [encode_one(e) for e in events]
+
+
+def _lookup(document: object, path: str) -> object:
+    node = document
+    for name, index in _PATH_PART.findall("." + path):
+        try:
+            node = node[name] if name else node[int(index)]  # type: ignore[index]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return node
+
+
+def _explain(raw: bytes, error: msgspec.ValidationError) -> str:
+    text = str(error)
+    match = _PATH.search(text)
+    message = text[: match.start()] if match else text
+    path = match.group("path").lstrip(".") if match else ""
+    if message.startswith("Object missing required field"):
+        field = message.split("`")[1]
+        where = f"{path}.{field}" if path else field
+        return f"{where} is required ({FIELD_RULES.get(field, 'missing')})"
+    try:
+        document = _raw_decoder.decode(raw)
+    except msgspec.DecodeError:
+        document = None
+    if "=" in message and " must " in message:
+        # Raised by a __post_init__ check, which already names field, value and rule.
+        field = message.split("=", 1)[0]
+        return f"{path}.{field}{message[len(field):]}" if path else message
+    if not path:
+        if message.startswith("Expected `object`"):
+            return "message must be a JSON object, " + message.split(", ", 1)[-1]
+        return message
+    value = _lookup(document, path)
+    shown = f"{path}={value!r}" if document is not None else path
+    field = re.sub(r"\[\d+\]$", "", path).rsplit(".", 1)[-1]
+    rule = FIELD_RULES.get(field)
+    if message.startswith("Expected `"):
+        expected = message.split("`")[1]
+        got = message.split(", got ", 1)[1].strip("`") if ", got " in message else ""
+        detail = f"must be {expected}, not {got}" if got else (rule or f"must be {expected}")
+        return f"{shown} {detail}"
+    if message == "Number out of range":
+        return f"{shown} is out of range ({rule or 'finite number expected'})"
+    return f"{shown} {rule or message[0].lower() + message[1:]}"
+
+
+def decode(raw: bytes | None, max_bytes: int | None = None) -> Event:
+    """Decode and validate one message, raising :class:`InvalidEvent` with a clear reason."""
+    if raw is None:
+        raise InvalidEvent("message has no value (null payload)")
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise InvalidEvent(f"payload is {len(raw)} bytes, over max_event_bytes={max_bytes}")
+    try:
+        return _decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(_explain(raw, exc)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"not valid JSON: {exc}") from None
+
+
+def decode_batch(
+    raws: Sequence[bytes | None], max_bytes: int | None = None
+) -> tuple[list[Event | None], list[Rejected]]:
+    """Decode many messages; the result holds ``None`` where a message was rejected.
+
+    The whole batch is first decoded as one JSON array, which is several times faster than
+    one call per message. If any message is bad (or the array does not split back into as
+    many events as messages), every message is decoded on its own to find the bad ones.
+    """
+    if max_bytes is None or all(r is not None and len(r) <= max_bytes for r in raws):
+        try:
+            events: list[Event | None] = _batch_decoder.decode(
+                b"[" + b",".join(raws) + b"]"  # type: ignore[arg-type]
+            )
+            if len(events) == len(raws):
+                return events, []
+        except (msgspec.DecodeError, TypeError):
+            pass
+    decoded: list[Event | None] = []
+    rejected: list[Rejected] = []
+    for index, raw in enumerate(raws):
+        try:
+            decoded.append(decode(raw, max_bytes))
+        except InvalidEvent as exc:
+            decoded.append(None)
+            rejected.append(Rejected(index, exc.reason))
+    return decoded, rejected

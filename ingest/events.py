@@ -1,0 +1,150 @@
+"""The event contract: one tagged union, validated at the edge.
+
+Every event has ``event_id`` (unique; duplicates are dropped), ``ts`` (seconds since the
+Unix epoch, UTC) and ``user_id``. An impression lists every shown slot with the
+``propensity`` the serving policy had of putting that item at that position; the feedback
+events (click, reaction, dwell) point back at it through ``request_id``.
+
+On the wire an event is a JSON object whose ``type`` field selects the kind::
+
+    {"type": "click", "event_id": "e1", "ts": 1732320000.0, "user_id": "u7",
+     "request_id": "r9", "item_id": "i3", "position": 2}
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal, TypeAlias
+
+import msgspec
+
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+Timestamp = Annotated[float, msgspec.Meta(ge=0)]
+Position = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
+Propensity = Annotated[float, msgspec.Meta(gt=0, le=1)]
+
+REACTIONS = ("like", "love", "dislike", "share", "hide", "skip")
+ReactionKind = Literal["like", "love", "dislike", "share", "hide", "skip"]
+EVENT_TYPES = ("impression", "click", "reaction", "dwell", "query")
+
+#: The rule each constrained field obeys, in the words a validation error uses.
+FIELD_RULES: dict[str, str] = {
+    "event_id": "must be a non-empty string of at most 512 characters",
+    "user_id": "must be a non-empty string of at most 512 characters",
+    "request_id": "must be a non-empty string of at most 512 characters",
+    "item_id": "must be a non-empty string of at most 512 characters",
+    "policy": "must be a non-empty string of at most 512 characters",
+    "ts": "must be a finite number of seconds since the epoch, >= 0",
+    "position": "must be an integer in [1, 10000] (1 is the top slot)",
+    "propensity": "must be in (0, 1]",
+    "score": "must be a finite number",
+    "seconds": "must be a finite number >= 0",
+    "slots": "must list at least one slot",
+    "reaction": f"must be one of {', '.join(REACTIONS)}",
+    "type": f"must be one of {', '.join(EVENT_TYPES)}",
+}
+
+
+class EventValueError(ValueError):
+    """A value that breaks a rule msgspec's constraints cannot state (finiteness, uniqueness)."""
+
+    def __init__(self, field: str, value: object, rule: str | None = None) -> None:
+        self.field, self.value = field, value
+        self.rule = rule or FIELD_RULES.get(field.rsplit(".", 1)[-1], "is invalid")
+        super().__init__(f"{field}={value!r} {self.rule}")
+
+
+def _require_finite(field: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise EventValueError(field, value)
+
+
+class Slot(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One shown position of an impression."""
+
+    item_id: NonEmpty
+    position: Position
+    score: float
+    propensity: Propensity
+
+    def __post_init__(self) -> None:
+        _require_finite("score", self.score)
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    event_id: NonEmpty
+    ts: Timestamp
+    user_id: NonEmpty
+
+    def __post_init__(self) -> None:
+        _require_finite("ts", self.ts)
+
+
+class Impression(_Event, tag="impression"):
+    """A slate shown to a user; ``context`` holds the features the policy saw."""
+
+    request_id: NonEmpty
+    slots: Annotated[list[Slot], msgspec.Meta(min_length=1, max_length=1000)]
+    policy: NonEmpty
+    experiment: str | None = None
+    variant: str | None = None
+    query: str | None = None
+    context: dict[str, float | str] | None = None
+
+    def __post_init__(self) -> None:
+        _require_finite("ts", self.ts)
+        positions = {slot.position for slot in self.slots}
+        if len(positions) != len(self.slots):
+            raise EventValueError(
+                "slots.position", sorted(s.position for s in self.slots), "must not repeat"
+            )
+        items = {slot.item_id for slot in self.slots}
+        if len(items) != len(self.slots):
+            raise EventValueError(
+                "slots.item_id", sorted(s.item_id for s in self.slots), "must not repeat"
+            )
+
+
+class Click(_Event, tag="click"):
+    request_id: NonEmpty
+    item_id: NonEmpty
+    position: Position
+
+
+class Reaction(_Event, tag="reaction"):
+    request_id: NonEmpty
+    item_id: NonEmpty
+    reaction: ReactionKind
+
+
+class Dwell(_Event, tag="dwell"):
+    """Time spent on an item after opening it."""
+
+    request_id: NonEmpty
+    item_id: NonEmpty
+    seconds: Annotated[float, msgspec.Meta(ge=0)]
+
+    def __post_init__(self) -> None:
+        _require_finite("ts", self.ts)
+        _require_finite("seconds", self.seconds)
+
+
+class Query(_Event, tag="query"):
+    """A query a user typed; ``request_id`` names the impression that answered it."""
+
+    request_id: NonEmpty
+    query: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+
+
+Event: TypeAlias = Impression | Click | Reaction | Dwell | Query
+EVENT_CLASSES: dict[str, type[_Event]] = {
+    "impression": Impression,
+    "click": Click,
+    "reaction": Reaction,
+    "dwell": Dwell,
+    "query": Query,
+}
+
+
+def event_type(event: Event) -> str:
+    return event.__struct_config__.tag  # type: ignore[return-value]

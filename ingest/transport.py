@@ -1,0 +1,377 @@
+"""The small Kafka interface clickloop needs, with two backends behind it.
+
+``kafka-python`` is always installed; ``confluent-kafka`` (the ``fast`` extra, librdkafka)
+consumes about ten times faster. Everything above this module talks to
+:class:`ProducerClient`, :class:`ConsumerClient` and :func:`ensure_topics` only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ingest.journal import Record as OutgoingRecord
+from ingest.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+TopicPartition = tuple[str, int]
+PartitionsCallback = Callable[[list[TopicPartition]], None]
+#: Called with newly assigned partitions; returns where to start reading each (or nothing,
+#: to start at the committed offset, else the beginning).
+AssignCallback = Callable[[list[TopicPartition]], dict[TopicPartition, int]]
+
+
+class TransportError(RuntimeError):
+    """The broker could not be reached or refused a request."""
+
+
+@dataclass(slots=True)
+class PartitionChunk:
+    """Consecutive messages of one partition, as returned by one poll."""
+
+    topic: str
+    partition: int
+    offsets: list[int] = field(default_factory=list)
+    keys: list[bytes | None] = field(default_factory=list)
+    values: list[bytes | None] = field(default_factory=list)
+
+    @property
+    def next_offset(self) -> int:
+        return self.offsets[-1] + 1
+
+
+class ProducerClient(Protocol):
+    def send_batch(
+        self, topic: str, records: Sequence[OutgoingRecord], timeout_s: float
+    ) -> list[int]:
+        """Send and wait; return the indices of records that were *not* acknowledged."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ConsumerClient(Protocol):
+    def subscribe(
+        self, topics: list[str], on_assign: AssignCallback, on_revoke: PartitionsCallback
+    ) -> None: ...
+
+    def poll(self, max_records: int, timeout_s: float) -> list[PartitionChunk]: ...
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
+
+    def seek_to_beginning(self, partitions: list[TopicPartition]) -> None: ...
+
+    def assignment(self) -> list[TopicPartition]: ...
+
+    def cluster_id(self) -> str | None: ...
+
+    def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- kafka-python
+
+
+class _KafkaPythonProducer:
+    def __init__(self, settings: KafkaSettings, bootstrap: str, timeout_s: float) -> None:
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaError
+
+        self._error = KafkaError
+        timeout_ms = int(timeout_s * 1000)
+        try:
+            self._producer = KafkaProducer(
+                bootstrap_servers=bootstrap.split(","),
+                acks="all",
+                linger_ms=5,
+                batch_size=256 * 1024,
+                max_request_size=settings.max_request_bytes,
+                max_block_ms=timeout_ms,
+                request_timeout_ms=min(timeout_ms, settings.request_timeout_ms),
+                delivery_timeout_ms=timeout_ms + 1000,
+                bootstrap_timeout_ms=timeout_ms,
+                max_in_flight_requests_per_connection=1,
+            )
+        except KafkaError as exc:
+            raise TransportError(f"cannot connect a producer to {bootstrap}: {exc}") from None
+
+    def send_batch(
+        self, topic: str, records: Sequence[OutgoingRecord], timeout_s: float
+    ) -> list[int]:
+        futures = []
+        failed: list[int] = []
+        for index, (key, value, headers) in enumerate(records):
+            try:
+                futures.append((index, self._producer.send(topic, value=value, key=key,
+                                                           headers=headers)))
+            except self._error:
+                failed.append(index)
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except self._error:
+            pass
+        for index, future in futures:
+            if not future.is_done or future.failed():
+                failed.append(index)
+        return sorted(failed)
+
+    def close(self) -> None:
+        # timeout=0 abandons anything unacknowledged: the caller has journaled it already,
+        # and a late delivery would only add duplicates.
+        self._producer.close(timeout=0)
+
+
+class _KafkaPythonConsumer:
+    def __init__(self, settings: KafkaSettings, bootstrap: str, group_id: str) -> None:
+        from kafka import KafkaConsumer
+        from kafka.errors import KafkaError
+
+        self._error = KafkaError
+        try:
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=bootstrap.split(","),
+                group_id=group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                session_timeout_ms=settings.session_timeout_ms,
+                heartbeat_interval_ms=max(100, settings.session_timeout_ms // 6),
+                request_timeout_ms=settings.request_timeout_ms + settings.session_timeout_ms,
+                max_partition_fetch_bytes=settings.max_request_bytes,
+                fetch_max_bytes=4 * settings.max_request_bytes,
+                receive_message_max_bytes=8 * settings.max_request_bytes,
+                reconnect_backoff_max_ms=500,
+            )
+        except KafkaError as exc:
+            raise TransportError(f"cannot connect a consumer to {bootstrap}: {exc}") from None
+
+    def subscribe(
+        self, topics: list[str], on_assign: AssignCallback, on_revoke: PartitionsCallback
+    ) -> None:
+        from kafka import ConsumerRebalanceListener
+        from kafka.structs import TopicPartition as KTP
+
+        consumer = self._consumer
+
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):  # type: ignore[no-untyped-def]
+                on_revoke([(tp.topic, tp.partition) for tp in revoked])
+
+            def on_partitions_assigned(self, assigned):  # type: ignore[no-untyped-def]
+                starts = on_assign([(tp.topic, tp.partition) for tp in assigned])
+                for (topic, partition), offset in starts.items():
+                    consumer.seek(KTP(topic, partition), offset)
+
+        self._consumer.subscribe(topics, listener=Listener())
+
+    def poll(self, max_records: int, timeout_s: float) -> list[PartitionChunk]:
+        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        return [
+            PartitionChunk(
+                tp.topic, tp.partition,
+                [m.offset for m in messages], [m.key for m in messages],
+                [m.value for m in messages],
+            )
+            for tp, messages in batches.items() if messages
+        ]
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        from kafka.structs import OffsetAndMetadata
+        from kafka.structs import TopicPartition as KTP
+
+        try:
+            self._consumer.commit({KTP(t, p): OffsetAndMetadata(o, "", -1)
+                                   for (t, p), o in offsets.items()})
+        except self._error as exc:
+            # The sink's own checkpoint is the source of truth for positions; a failed
+            # commit only means a restart re-reads what the checkpoint already skips.
+            log.warning("offset commit failed (%s); the sink checkpoint still holds them", exc)
+
+    def seek_to_beginning(self, partitions: list[TopicPartition]) -> None:
+        from kafka.structs import TopicPartition as KTP
+
+        if partitions:
+            self._consumer.seek_to_beginning(*[KTP(t, p) for t, p in partitions])
+
+    def assignment(self) -> list[TopicPartition]:
+        return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
+
+    def cluster_id(self) -> str | None:
+        return self._consumer._client.cluster.cluster_id  # no public accessor in kafka-python
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+
+# ------------------------------------------------------------------------ confluent-kafka
+
+
+def _confluent_common(settings: KafkaSettings, bootstrap: str) -> dict[str, object]:
+    return {
+        "bootstrap.servers": bootstrap,
+        "message.max.bytes": settings.max_request_bytes,
+        "receive.message.max.bytes": 8 * settings.max_request_bytes + 512,
+        "reconnect.backoff.max.ms": 500,
+        "log_level": 3,
+    }
+
+
+class _ConfluentProducer:
+    def __init__(self, settings: KafkaSettings, bootstrap: str, timeout_s: float) -> None:
+        from confluent_kafka import Producer
+
+        self._producer = Producer({
+            **_confluent_common(settings, bootstrap),
+            "acks": "all",
+            "linger.ms": 5,
+            # The Java client's (and kafka-python's) key hash: a user lands on the same
+            # partition whichever backend produced the event.
+            "partitioner": "murmur2_random",
+            "enable.idempotence": False,
+            "max.in.flight.requests.per.connection": 1,
+            "message.timeout.ms": int(timeout_s * 1000),
+        })
+
+    def send_batch(
+        self, topic: str, records: Sequence[OutgoingRecord], timeout_s: float
+    ) -> list[int]:
+        acknowledged = [False] * len(records)
+        failed: list[int] = []
+
+        def delivered(index: int) -> Callable[[object, object], None]:
+            def callback(error: object, _message: object) -> None:
+                acknowledged[index] = error is None
+            return callback
+
+        for index, (key, value, headers) in enumerate(records):
+            try:
+                self._producer.produce(topic, value=value, key=key, headers=headers,
+                                       on_delivery=delivered(index))
+            except (BufferError, Exception):  # noqa: BLE001 - librdkafka raises KafkaException
+                failed.append(index)
+            self._producer.poll(0)
+        remaining = self._producer.flush(timeout_s)
+        if remaining:
+            self._producer.purge(in_queue=True, in_flight=True)
+            self._producer.flush(0)
+        return sorted(set(failed) | {i for i, ok in enumerate(acknowledged) if not ok})
+
+    def close(self) -> None:
+        self._producer.purge(in_queue=True, in_flight=True)
+        self._producer.flush(0)
+
+
+class _ConfluentConsumer:
+    def __init__(self, settings: KafkaSettings, bootstrap: str, group_id: str) -> None:
+        from confluent_kafka import Consumer
+
+        self._consumer = Consumer({
+            **_confluent_common(settings, bootstrap),
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": settings.session_timeout_ms,
+            "heartbeat.interval.ms": max(100, settings.session_timeout_ms // 6),
+            "max.partition.fetch.bytes": settings.max_request_bytes,
+            "fetch.max.bytes": 4 * settings.max_request_bytes,
+        })
+
+    def subscribe(
+        self, topics: list[str], on_assign: AssignCallback, on_revoke: PartitionsCallback
+    ) -> None:
+        def assigned(consumer: Any, partitions: list[Any]) -> None:
+            starts = on_assign([(tp.topic, tp.partition) for tp in partitions])
+            for tp in partitions:
+                if (tp.topic, tp.partition) in starts:
+                    tp.offset = starts[(tp.topic, tp.partition)]
+            consumer.assign(partitions)
+
+        def revoked(consumer: Any, partitions: list[Any]) -> None:
+            on_revoke([(tp.topic, tp.partition) for tp in partitions])
+
+        self._consumer.subscribe(topics, on_assign=assigned, on_revoke=revoked)
+
+    def poll(self, max_records: int, timeout_s: float) -> list[PartitionChunk]:
+        messages = self._consumer.consume(num_messages=max_records, timeout=timeout_s)
+        chunks: dict[TopicPartition, PartitionChunk] = {}
+        for message in messages:
+            if message.error() is not None:
+                continue  # partition EOF and transient errors; librdkafka retries itself
+            tp = (message.topic(), message.partition())
+            chunk = chunks.get(tp)
+            if chunk is None:
+                chunk = chunks[tp] = PartitionChunk(tp[0], tp[1])
+            chunk.offsets.append(message.offset())
+            chunk.keys.append(message.key())
+            chunk.values.append(message.value())
+        return list(chunks.values())
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        from confluent_kafka import KafkaException
+        from confluent_kafka import TopicPartition as CTP
+
+        try:
+            self._consumer.commit(offsets=[CTP(t, p, o) for (t, p), o in offsets.items()],
+                                  asynchronous=False)
+        except KafkaException as exc:
+            log.warning("offset commit failed (%s); the sink checkpoint still holds them", exc)
+
+    def seek_to_beginning(self, partitions: list[TopicPartition]) -> None:
+        from confluent_kafka import OFFSET_BEGINNING
+        from confluent_kafka import TopicPartition as CTP
+
+        for topic, partition in partitions:
+            self._consumer.seek(CTP(topic, partition, OFFSET_BEGINNING))
+
+    def assignment(self) -> list[TopicPartition]:
+        return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
+
+    def cluster_id(self) -> str | None:
+        return self._consumer.list_topics(timeout=2.0).cluster_id
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+# -------------------------------------------------------------------------------- factory
+
+
+def make_producer(settings: KafkaSettings, bootstrap: str, timeout_s: float) -> ProducerClient:
+    if settings.backend == "confluent-kafka":
+        return _ConfluentProducer(settings, bootstrap, timeout_s)
+    return _KafkaPythonProducer(settings, bootstrap, timeout_s)
+
+
+def make_consumer(settings: KafkaSettings, bootstrap: str, group_id: str) -> ConsumerClient:
+    if settings.backend == "confluent-kafka":
+        return _ConfluentConsumer(settings, bootstrap, group_id)
+    return _KafkaPythonConsumer(settings, bootstrap, group_id)
+
+
+def ensure_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 10.0) -> None:
+    """Create the topics that do not exist yet, with the given partition counts."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","),
+                                 request_timeout_ms=int(timeout_s * 1000),
+                                 bootstrap_timeout_ms=int(timeout_s * 1000))
+    except KafkaError as exc:
+        raise TransportError(f"cannot reach the broker at {bootstrap}: {exc}") from None
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(name, count, 1) for name, count in topics.items()
+                   if name not in existing]
+        if missing:
+            try:
+                admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+    except KafkaError as exc:
+        raise TransportError(f"cannot create topics on {bootstrap}: {exc}") from None
+    finally:
+        admin.close()

@@ -1,0 +1,1 @@
+"""ranking: see DESIGN.md; built by later issues."""

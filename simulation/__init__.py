@@ -1,0 +1,1 @@
+"""simulation: see DESIGN.md; built by later issues."""
