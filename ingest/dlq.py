@@ -32,6 +32,7 @@ class DeadLetter:
     offset: int
     raw: bytes
     raw_size: int
+    key: bytes | None = None
 
     @property
     def truncated(self) -> bool:
@@ -56,13 +57,14 @@ def dead_letter_record(
     return (key, payload, headers)
 
 
-def parse_dead_letter(value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> DeadLetter:
+def parse_dead_letter(value: bytes | None, headers: Sequence[tuple[str, bytes]],
+                      key: bytes | None = None) -> DeadLetter:
     meta = {name[len(_PREFIX):]: data.decode() for name, data in headers
             if name.startswith(_PREFIX)}
     return DeadLetter(
         error=meta["error"], topic=meta["source.topic"],
         partition=int(meta["source.partition"]), offset=int(meta["source.offset"]),
-        raw=value or b"", raw_size=int(meta["raw.size"]),
+        raw=value or b"", raw_size=int(meta["raw.size"]), key=key,
     )
 
 
@@ -95,7 +97,8 @@ def read_dead_letters(
         while time.monotonic() - last < idle_timeout_s and time.monotonic() - started < deadline_s:
             for messages in consumer.poll(timeout_ms=200).values():
                 for message in messages:
-                    letters.append(parse_dead_letter(message.value, message.headers or []))
+                    letters.append(parse_dead_letter(message.value, message.headers or [],
+                                                     message.key))
                 last = time.monotonic()
             if max_records is not None and len(letters) >= max_records:
                 return letters[:max_records]

@@ -129,6 +129,7 @@ class _KafkaPythonConsumer:
         from kafka.errors import KafkaError
 
         self._error = KafkaError
+        self._timeout_ms = settings.request_timeout_ms
         try:
             self._consumer = KafkaConsumer(
                 bootstrap_servers=bootstrap.split(","),
@@ -182,7 +183,8 @@ class _KafkaPythonConsumer:
 
         try:
             self._consumer.commit({KTP(t, p): OffsetAndMetadata(o, "", -1)
-                                   for (t, p), o in offsets.items()})
+                                   for (t, p), o in offsets.items()},
+                                  timeout_ms=self._timeout_ms)
         except self._error as exc:
             # The sink's own checkpoint is the source of truth for positions; a failed
             # commit only means a restart re-reads what the checkpoint already skips.
@@ -201,7 +203,7 @@ class _KafkaPythonConsumer:
         return self._consumer._client.cluster.cluster_id  # no public accessor in kafka-python
 
     def close(self) -> None:
-        self._consumer.close(autocommit=False)
+        self._consumer.close(autocommit=False, timeout_ms=self._timeout_ms)
 
 
 # ------------------------------------------------------------------------ confluent-kafka
