@@ -88,7 +88,8 @@ class EventConsumer:
     def _on_assign(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         self._cluster_id = self._client.cluster_id()
         starts = self.sink.checkpoint().starts_for(self._cluster_id, partitions)
-        log.info("assigned %s; starting from the sink checkpoint at %s", partitions, starts)
+        log.info("assigned %s on cluster %s; starting from the sink checkpoint at %s",
+                 partitions, self._cluster_id, starts)
         return starts
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:

@@ -34,6 +34,11 @@ class Checkpoint:
 
     def advanced(self, cluster_id: str | None, offsets: dict[TopicPartition, int]
                  ) -> Checkpoint:
+        """This checkpoint moved on by ``offsets``; offsets of another cluster are dropped.
+        A flush that covers no offsets (e.g. before any partition is assigned) changes
+        nothing, whatever cluster it names."""
+        if not offsets:
+            return self
         base = self.offsets if cluster_id == self.cluster_id else {}
         return Checkpoint(cluster_id, {**base, **offsets})
 

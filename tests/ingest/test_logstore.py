@@ -70,3 +70,14 @@ def test_recent_event_ids_cover_the_latest_flushes(tmp_path: Path) -> None:
         store.flush({}, None)
     assert store.recent_event_ids(2) == ["i2", "q1"]
     assert set(store.recent_event_ids(100)) == {"i1", "c1", "i2", "q1"}
+
+
+def test_a_flush_without_offsets_keeps_the_checkpoint(tmp_path: Path) -> None:
+    # kafka-python revokes an empty assignment before the first join, when the cluster id is
+    # not known yet: that flush must not wipe offsets stored by an earlier run.
+    store = ParquetLogStore(tmp_path)
+    store.flush({("events", 0): 9}, "cluster-a")
+    store.flush({}, None)
+    assert ParquetLogStore(tmp_path).checkpoint().offsets == {("events", 0): 9}
+    store.flush({("events", 0): 3}, "cluster-b")  # a new cluster: old offsets are void
+    assert ParquetLogStore(tmp_path).checkpoint().offsets == {("events", 0): 3}
