@@ -1,7 +1,7 @@
 """The ingest pipeline: poll, validate, dead-letter, deduplicate, apply, commit.
 
-Each poll returns per-partition chunks of raw messages. A chunk is decoded in one call
-(:func:`ingest.codec.decode_batch`); rejected messages become dead letters; valid events
+Each poll returns a batch of raw messages, decoded and validated with
+:func:`ingest.codec.decode_batch`; rejected messages become dead letters; valid events
 whose ``event_id`` was seen recently are counted as duplicates; the rest go to the sink.
 Every ``flush_max_events`` events or ``flush_interval_s`` seconds the dead letters are sent
 (or journaled), the sink is flushed with the offsets it now covers, and only then are the
@@ -26,7 +26,7 @@ from ingest.dlq import dead_letter_record
 from ingest.producer import EventProducer
 from ingest.settings import Settings
 from ingest.sink import Sink, TopicPartition
-from ingest.transport import ConsumerClient, ensure_topics, make_consumer
+from ingest.transport import ConsumerClient, PolledBatch, ensure_topics, make_consumer
 
 log = logging.getLogger(__name__)
 
@@ -100,33 +100,36 @@ class EventConsumer:
     def poll_once(self) -> int:
         """One poll; returns how many messages it consumed."""
         ingest = self.settings.ingest
-        chunks = self._client.poll(ingest.poll_max_records, ingest.poll_timeout_s)
-        counters, dedupe_add = self.counters, self.dedupe.add
-        consumed = 0
-        for chunk in chunks:
-            events, rejected = decode_batch(chunk.values, ingest.max_event_bytes)
-            if rejected:
-                self.dlq.send_raw(
-                    dead_letter_record(chunk.values[r.index], chunk.keys[r.index], r.reason,
-                                       chunk.topic, chunk.partition, chunk.offsets[r.index],
-                                       ingest.dlq_max_raw_bytes)
-                    for r in rejected)
-            fresh = [e for e in events if e is not None and dedupe_add(e.event_id)]
-            self.sink.write(fresh)
-            consumed += len(events)
-            counters.rejected += len(rejected)
-            counters.applied += len(fresh)
-            counters.duplicates += len(events) - len(rejected) - len(fresh)
-            self._pending_offsets[(chunk.topic, chunk.partition)] = chunk.next_offset
-        counters.consumed += consumed
-        self._unflushed += consumed
         now = time.monotonic()
+        if now - self._cluster_checked >= self._cluster_check_s:
+            self._check_cluster()
+        batch = self._client.poll(ingest.poll_max_records, ingest.poll_timeout_s)
+        consumed = len(batch.values)
+        if consumed:
+            self._apply(batch)
         if self._unflushed >= ingest.flush_max_events or (
                 self._unflushed and now - self._last_flush >= ingest.flush_interval_s):
             self.flush()
-        if now - self._cluster_checked >= self._cluster_check_s:
-            self._check_cluster()
         return consumed
+
+    def _apply(self, batch: PolledBatch) -> None:
+        ingest, counters = self.settings.ingest, self.counters
+        events, rejected = decode_batch(batch.values, ingest.max_event_bytes)
+        if rejected:
+            self.dlq.send_raw(
+                dead_letter_record(batch.values[r.index], batch.key(r.index), r.reason,
+                                   *batch.source(r.index), ingest.dlq_max_raw_bytes)
+                for r in rejected)
+        dedupe_add = self.dedupe.add
+        fresh = [e for e in events if e is not None and dedupe_add(e.event_id)]
+        self.sink.write(fresh)
+        consumed = len(events)
+        counters.consumed += consumed
+        counters.rejected += len(rejected)
+        counters.applied += len(fresh)
+        counters.duplicates += consumed - len(rejected) - len(fresh)
+        self._pending_offsets.update(batch.next_offsets())
+        self._unflushed += consumed
 
     def flush(self) -> None:
         """Dead letters out, sink durable with its offsets, then commit."""

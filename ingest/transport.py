@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ingest.journal import Record as OutgoingRecord
@@ -28,19 +27,62 @@ class TransportError(RuntimeError):
     """The broker could not be reached or refused a request."""
 
 
-@dataclass(slots=True)
-class PartitionChunk:
-    """Consecutive messages of one partition, as returned by one poll."""
+class PolledBatch(Protocol):
+    """The messages of one poll, from any partitions, in the client's own objects.
 
-    topic: str
-    partition: int
-    offsets: list[int] = field(default_factory=list)
-    keys: list[bytes | None] = field(default_factory=list)
-    values: list[bytes | None] = field(default_factory=list)
+    ``values`` is built once per poll; keys and offsets are read only for the few messages
+    that need them (the rejected), which keeps the per-message cost of a poll down.
+    """
 
-    @property
-    def next_offset(self) -> int:
-        return self.offsets[-1] + 1
+    values: list[bytes | None]
+
+    def key(self, index: int) -> bytes | None: ...
+
+    def source(self, index: int) -> tuple[str, int, int]:
+        """(topic, partition, offset) of message ``index``."""
+        ...
+
+    def next_offsets(self) -> dict[TopicPartition, int]:
+        """For each partition in the batch, the offset after its last message."""
+        ...
+
+
+class _KafkaPythonBatch:
+    def __init__(self, records: dict[Any, list[Any]]) -> None:
+        self._records = [m for messages in records.values() for m in messages]
+        self._last = {(tp.topic, tp.partition): messages[-1].offset + 1
+                      for tp, messages in records.items() if messages}
+        self.values = [m.value for m in self._records]
+
+    def key(self, index: int) -> bytes | None:
+        return self._records[index].key
+
+    def source(self, index: int) -> tuple[str, int, int]:
+        m = self._records[index]
+        return m.topic, m.partition, m.offset
+
+    def next_offsets(self) -> dict[TopicPartition, int]:
+        return self._last
+
+
+class _ConfluentBatch:
+    def __init__(self, messages: list[Any]) -> None:
+        # Errors here are partition-EOF notices and transient faults librdkafka retries.
+        self._messages = [m for m in messages if m.error() is None]
+        self.values = [m.value() for m in self._messages]
+
+    def key(self, index: int) -> bytes | None:
+        return self._messages[index].key()
+
+    def source(self, index: int) -> tuple[str, int, int]:
+        m = self._messages[index]
+        return m.topic(), m.partition(), m.offset()
+
+    def next_offsets(self) -> dict[TopicPartition, int]:
+        last: dict[TopicPartition, int] = {}
+        for m in self._messages:
+            last[(m.topic(), m.partition())] = m.offset() + 1
+        return last
 
 
 class ProducerClient(Protocol):
@@ -58,7 +100,7 @@ class ConsumerClient(Protocol):
         self, topics: list[str], on_assign: AssignCallback, on_revoke: PartitionsCallback
     ) -> None: ...
 
-    def poll(self, max_records: int, timeout_s: float) -> list[PartitionChunk]: ...
+    def poll(self, max_records: int, timeout_s: float) -> PolledBatch: ...
 
     def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
 
@@ -166,16 +208,9 @@ class _KafkaPythonConsumer:
 
         self._consumer.subscribe(topics, listener=Listener())
 
-    def poll(self, max_records: int, timeout_s: float) -> list[PartitionChunk]:
-        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
-        return [
-            PartitionChunk(
-                tp.topic, tp.partition,
-                [m.offset for m in messages], [m.key for m in messages],
-                [m.value for m in messages],
-            )
-            for tp, messages in batches.items() if messages
-        ]
+    def poll(self, max_records: int, timeout_s: float) -> PolledBatch:
+        return _KafkaPythonBatch(
+            self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records))
 
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         from kafka.structs import OffsetAndMetadata
@@ -295,20 +330,9 @@ class _ConfluentConsumer:
 
         self._consumer.subscribe(topics, on_assign=assigned, on_revoke=revoked)
 
-    def poll(self, max_records: int, timeout_s: float) -> list[PartitionChunk]:
-        messages = self._consumer.consume(num_messages=max_records, timeout=timeout_s)
-        chunks: dict[TopicPartition, PartitionChunk] = {}
-        for message in messages:
-            if message.error() is not None:
-                continue  # partition EOF and transient errors; librdkafka retries itself
-            tp = (message.topic(), message.partition())
-            chunk = chunks.get(tp)
-            if chunk is None:
-                chunk = chunks[tp] = PartitionChunk(tp[0], tp[1])
-            chunk.offsets.append(message.offset())
-            chunk.keys.append(message.key())
-            chunk.values.append(message.value())
-        return list(chunks.values())
+    def poll(self, max_records: int, timeout_s: float) -> PolledBatch:
+        return _ConfluentBatch(
+            self._consumer.consume(num_messages=max_records, timeout=timeout_s))
 
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         from confluent_kafka import KafkaException
