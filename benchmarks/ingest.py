@@ -25,6 +25,7 @@ import importlib.util
 import json
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -45,7 +46,10 @@ from rich.table import Table  # noqa: E402
 from ingest.broker import EmbeddedBroker  # noqa: E402
 from ingest.codec import decode_batch, encode  # noqa: E402
 from ingest.consumer import EventConsumer  # noqa: E402
+from ingest.dedupe import DedupeWindow  # noqa: E402
 from ingest.events import Event, event_type  # noqa: E402
+from ingest.frames import split_events  # noqa: E402
+from ingest.joins import impression_click_join  # noqa: E402
 from ingest.producer import EventProducer  # noqa: E402
 from ingest.replay import ParquetTarget, open_log, replay  # noqa: E402
 from ingest.settings import Settings, load_settings  # noqa: E402
@@ -69,43 +73,54 @@ def settings_for(base: Settings, backend: str, topic: str, workdir: Path) -> Set
 
 
 def raw_consume(settings: Settings, bootstrap: str, n: int) -> float:
-    """Messages per second of the client library's own loop (configured as ours is)."""
+    """Messages per second of the client library's own loop (configured as ours is), from
+    the first poll that returned messages to the n-th message."""
     group = f"raw-{uuid.uuid4().hex[:8]}"
-    count, first = 0, None
+    count, first, started = 0, 0, 0.0
     if settings.kafka.backend == "confluent-kafka":
         consumer = _ConfluentConsumer(settings.kafka, bootstrap, group)._consumer
         consumer.subscribe([settings.kafka.topic])
-        while count < n:
+
+        def poll() -> int:
+            got = 0
             for message in consumer.consume(num_messages=10_000, timeout=0.5):
                 if message.error() is None:
-                    first = first or time.perf_counter()
-                    count += message.value() is not None
+                    got += message.value() is not None
+            return got
     else:
         consumer = _KafkaPythonConsumer(settings.kafka, bootstrap, group)._consumer
         consumer.subscribe([settings.kafka.topic])
-        while count < n:
+
+        def poll() -> int:
+            got = 0
             for messages in consumer.poll(timeout_ms=500, max_records=10_000).values():
-                first = first or time.perf_counter()
                 for message in messages:
-                    count += message.value is not None
-    elapsed = time.perf_counter() - first  # type: ignore[operator]
+                    got += message.value is not None
+            return got
+    while not (first := poll()):
+        pass
+    count, started = first, time.perf_counter()
+    while count < n:
+        count += poll()
+    elapsed = time.perf_counter() - started
     consumer.close()
-    return count / elapsed
+    return (count - first) / elapsed
 
 
 def pipeline_consume(settings: Settings, bootstrap: str, n: int) -> tuple[float, dict]:
+    """Messages per second of the pipeline from its first message to its n-th, periodic
+    flushes and commits included; the one final flush of a run is not (the raw loop has
+    no counterpart of it)."""
     group = f"pipe-{uuid.uuid4().hex[:8]}"
-    first: list[float] = []
     with EventConsumer(settings, NullSink(), bootstrap, group_id=group) as consumer:
-        def mark(_: object) -> None:
-            if not first:
-                # The first poll's messages arrived before this call: count them out.
-                first.append(time.perf_counter())
-                first.append(consumer.counters.consumed)
-
-        counters = consumer.run(max_events=n, on_progress=mark)
-        elapsed = time.perf_counter() - first[0]
-    return (counters.consumed - first[1]) / elapsed, counters.as_dict()
+        while not consumer.poll_once():
+            pass
+        first, started = consumer.counters.consumed, time.perf_counter()
+        while consumer.counters.consumed < n:
+            consumer.poll_once()
+        elapsed = time.perf_counter() - started
+        rate = (consumer.counters.consumed - first) / elapsed
+    return rate, consumer.counters.as_dict()
 
 
 def codec_costs(events: list[Event]) -> dict[str, float]:
@@ -124,19 +139,55 @@ def codec_costs(events: list[Event]) -> dict[str, float]:
     return costs
 
 
-def replay_rates(events: list[Event], workdir: Path) -> dict[str, float]:
-    log = workdir / "events.jsonl"
-    log.write_bytes(b"\n".join(encode(e) for e in events) + b"\n")
-    store = workdir / "replayed"
-    summary = replay(open_log(log, "events"), ParquetTarget(store), rejects_path=workdir / "r")
-    assert summary.rejected == 0 and summary.sent == len(events)
-    started = time.perf_counter()
-    # Reference floor: polars alone, no validation, untyped.
-    pl.read_ndjson(log, infer_schema_length=None).write_parquet(workdir / "floor.parquet")
-    floor = time.perf_counter() - started
-    return {"events": len(events), "replay_events_per_s": summary.rate,
-            "polars_only_events_per_s": len(events) / floor,
-            "ratio": summary.rate / (len(events) / floor)}
+def pipeline_cpu(events: list[Event]) -> dict[str, float]:
+    """Microseconds of CPU per message for the pipeline's own work (decode, validate,
+    dedupe, apply to a no-op sink) with no broker at all: the part of the ratio that is
+    ours, free of broker noise. For the simulated mix and for clicks alone."""
+    costs: dict[str, float] = {}
+    for name, chosen in (("mix", events), ("clicks", [e for e in events
+                                                      if event_type(e) == "click"])):
+        raws = [encode(e) for e in chosen]
+        window, sink = DedupeWindow(1_000_000), NullSink()
+        started = time.perf_counter()
+        for start in range(0, len(raws), 10_000):
+            decoded, _ = decode_batch(raws[start:start + 10_000], 1 << 20)
+            sink.write([e for e in decoded if e is not None and window.add(e.event_id)])
+        costs[f"{name}_us_per_msg"] = (time.perf_counter() - started) / len(raws) * 1e6
+    return costs
+
+
+def replay_rates(events: list[Event], workdir: Path) -> dict[str, dict[str, float]]:
+    """Replay to parquet from two kinds of log, each against polars alone reading that log
+    and writing parquet with no validation (the I/O floor, measured in the same run)."""
+    rates: dict[str, dict[str, float]] = {}
+    # 1. clickloop's own JSON-lines event log: msgspec validates one message at a time.
+    jsonl = workdir / "events.jsonl"
+    jsonl.write_bytes(b"\n".join(encode(e) for e in events) + b"\n")
+    # 2. a warehouse click log, one row per shown slot, as parquet: validated on columns.
+    frames = split_events(events)
+    slots = impression_click_join(frames["impression"].lazy(), frames["click"].lazy()).collect()
+    table = workdir / "clicklog.parquet"
+    slots.drop("reactions", "dwell", "clicks").write_parquet(table)
+    for name, log, fmt, read, runs in (
+        ("events_jsonl", jsonl, "events",
+         lambda: pl.read_ndjson(jsonl, infer_schema_length=None), 1),
+        ("clicklog_parquet", table, "generic", lambda: pl.read_parquet(table), 3),
+    ):
+        replay_rates_seen, floor_rates_seen = [], []
+        for run in range(runs):  # the median of a few runs: these machines are noisy
+            store = workdir / f"replayed-{name}-{run}"
+            summary = replay(open_log(log, fmt), ParquetTarget(store),
+                             rejects_path=workdir / "r")
+            assert summary.rejected == 0
+            replay_rates_seen.append(summary.rate)
+            started = time.perf_counter()
+            rows = read()
+            rows.write_parquet(workdir / f"floor-{name}.parquet")
+            floor_rates_seen.append(rows.height / (time.perf_counter() - started))
+        rates[name] = {"events": summary.read, "source_rows": rows.height, "runs": runs,
+                       "replay_events_per_s": statistics.median(replay_rates_seen),
+                       "polars_only_rows_per_s": statistics.median(floor_rates_seen)}
+    return rates
 
 
 def main() -> None:
@@ -147,8 +198,10 @@ def main() -> None:
     parser.add_argument("--replay-events", type=int, help="events in the replay log")
     parser.add_argument("--out", default="benchmarks/results/ingest.json")
     args = parser.parse_args()
-    n = args.messages or (100_000 if args.quick else 1_000_000)
-    n_replay = args.replay_events or (300_000 if args.quick else 2_000_000)
+    # kafka-python reads ~20k msg/s here, confluent-kafka ~30x more: give each enough to time.
+    n = args.messages or (200_000 if args.quick else 2_000_000)
+    n_slow = args.messages or (40_000 if args.quick else 300_000)
+    n_replay = args.replay_events or (200_000 if args.quick else 2_000_000)
     backends = ["kafka-python"]
     if importlib.util.find_spec("confluent_kafka"):
         backends.append("confluent-kafka")
@@ -162,41 +215,48 @@ def main() -> None:
             task = progress.add_task("simulating events", total=None)
             events = simulated(max(n, n_replay))
             results["codec"] = codec_costs(events[:100_000])
+            results["pipeline_cpu"] = pipeline_cpu(events[:100_000])
             with EmbeddedBroker() as broker:
                 topic = f"bench-{uuid.uuid4().hex[:8]}"
-                producing = settings_for(base, "kafka-python", topic, workdir)
+                producing = settings_for(base, backends[-1], topic, workdir)
                 progress.update(task, description=f"producing {n:,} messages")
                 with EventProducer(producing, broker.bootstrap) as producer:
                     producer.send(events[:n])
                 for backend in backends:
                     settings = settings_for(base, backend, topic, workdir)
+                    count = n if backend == "confluent-kafka" else n_slow
                     progress.update(task, description=f"{backend}: raw client")
-                    raw = raw_consume(settings, broker.bootstrap, n)
+                    raw = raw_consume(settings, broker.bootstrap, count)
                     progress.update(task, description=f"{backend}: pipeline")
-                    pipe, counters = pipeline_consume(settings, broker.bootstrap, n)
+                    pipe, counters = pipeline_consume(settings, broker.bootstrap, count)
                     results["backends"][backend] = {
-                        "raw_msgs_per_s": raw, "pipeline_msgs_per_s": pipe,
+                        "messages": count, "raw_msgs_per_s": raw, "pipeline_msgs_per_s": pipe,
                         "ratio": pipe / raw, "counters": counters}
             progress.update(task, description=f"replaying {n_replay:,} events to parquet")
             results["replay_to_parquet"] = replay_rates(events[:n_replay], workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    table = Table(title=f"ingest throughput ({n:,} simulated events per consume run)")
-    for name in ("backend", "raw client msg/s", "pipeline msg/s", "pipeline / raw",
-                 "target"):
+    table = Table(title="consume throughput (simulated impressions and clicks)")
+    for name in ("backend", "messages", "raw client msg/s", "pipeline msg/s",
+                 "pipeline / raw", "target"):
         table.add_column(name, justify="right")
     for backend, r in results["backends"].items():
-        table.add_row(backend, f"{r['raw_msgs_per_s']:,.0f}", f"{r['pipeline_msgs_per_s']:,.0f}",
-                      f"{r['ratio']:.2f}", "≥ 0.80")
+        table.add_row(backend, f"{r['messages']:,}", f"{r['raw_msgs_per_s']:,.0f}",
+                      f"{r['pipeline_msgs_per_s']:,.0f}", f"{r['ratio']:.2f}", "≥ 0.80")
     console.print(table)
-    rp = results["replay_to_parquet"]
-    replay_table = Table(title=f"replay to parquet ({rp['events']:,} events)")
-    for name in ("replay events/s", "polars-only floor events/s", "replay / floor", "target"):
+    cpu = results["pipeline_cpu"]
+    console.print(
+        f"pipeline CPU per message without a broker: {cpu['mix_us_per_msg']:.2f} µs (mix), "
+        f"{cpu['clicks_us_per_msg']:.2f} µs (clicks only); the raw clients spend "
+        + ", ".join(f"{1e6 / r['raw_msgs_per_s']:.2f} µs ({b})"
+                    for b, r in results["backends"].items()))
+    replay_table = Table(title="replay to parquet")
+    for name in ("log", "events", "replay events/s", "polars-only floor rows/s", "target"):
         replay_table.add_column(name, justify="right")
-    replay_table.add_row(f"{rp['replay_events_per_s']:,.0f}",
-                         f"{rp['polars_only_events_per_s']:,.0f}", f"{rp['ratio']:.2f}",
-                         "≥ 500,000 events/s")
+    for name, rp in results["replay_to_parquet"].items():
+        replay_table.add_row(name, f"{rp['events']:,}", f"{rp['replay_events_per_s']:,.0f}",
+                             f"{rp['polars_only_rows_per_s']:,.0f}", "≥ 500,000 events/s")
     console.print(replay_table)
     codec = results["codec"]
     console.print(

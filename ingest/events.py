@@ -21,9 +21,15 @@ from typing import Annotated, Literal, TypeAlias
 
 import msgspec
 
-NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+#: Limits shared by the msgspec types below and the columnar checks in ingest.validation.
+MAX_ID_CHARS = 512
+MAX_POSITION = 10_000
+MAX_SLOTS = 1000
+MAX_QUERY_CHARS = 2048
+
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
 Timestamp = Annotated[float, msgspec.Meta(ge=0)]
-Position = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
+Position = Annotated[int, msgspec.Meta(ge=1, le=MAX_POSITION)]
 Propensity = Annotated[float, msgspec.Meta(gt=0, le=1)]
 
 REACTIONS = ("like", "love", "dislike", "share", "hide", "skip")
@@ -31,18 +37,20 @@ ReactionKind = Literal["like", "love", "dislike", "share", "hide", "skip"]
 EVENT_TYPES = ("impression", "click", "reaction", "dwell", "query")
 
 #: The rule each constrained field obeys, in the words a validation error uses.
+_ID_RULE = f"must be a non-empty string of at most {MAX_ID_CHARS} characters"
 FIELD_RULES: dict[str, str] = {
-    "event_id": "must be a non-empty string of at most 512 characters",
-    "user_id": "must be a non-empty string of at most 512 characters",
-    "request_id": "must be a non-empty string of at most 512 characters",
-    "item_id": "must be a non-empty string of at most 512 characters",
-    "policy": "must be a non-empty string of at most 512 characters",
+    "event_id": _ID_RULE,
+    "user_id": _ID_RULE,
+    "request_id": _ID_RULE,
+    "item_id": _ID_RULE,
+    "policy": _ID_RULE,
+    "query": f"must be a non-empty string of at most {MAX_QUERY_CHARS} characters",
     "ts": "must be a finite number of seconds since the epoch, >= 0",
-    "position": "must be an integer in [1, 10000] (1 is the top slot)",
+    "position": f"must be an integer in [1, {MAX_POSITION}] (1 is the top slot)",
     "propensity": "must be in (0, 1]",
     "score": "must be a finite number",
     "seconds": "must be a finite number >= 0",
-    "slots": "must list at least one slot",
+    "slots": f"must list between 1 and {MAX_SLOTS} slots",
     "reaction": f"must be one of {', '.join(REACTIONS)}",
     "type": f"must be one of {', '.join(EVENT_TYPES)}",
 }
@@ -76,7 +84,7 @@ class Impression(_Event, tag="impression"):
     """A slate shown to a user; ``context`` holds the features the policy saw."""
 
     request_id: NonEmpty
-    slots: Annotated[list[Slot], msgspec.Meta(min_length=1, max_length=1000)]
+    slots: Annotated[list[Slot], msgspec.Meta(min_length=1, max_length=MAX_SLOTS)]
     policy: NonEmpty
     experiment: str | None = None
     variant: str | None = None
@@ -122,7 +130,7 @@ class Query(_Event, tag="query"):
     """A query a user typed; ``request_id`` names the impression that answered it."""
 
     request_id: NonEmpty
-    query: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+    query: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_QUERY_CHARS)]
 
 
 Event: TypeAlias = Impression | Click | Reaction | Dwell | Query

@@ -14,7 +14,6 @@ every committed event is read exactly once.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -22,51 +21,15 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-import msgspec
 import polars as pl
 
 from ingest.events import EVENT_TYPES, Event, event_type
+from ingest.frames import SCHEMAS, EventFrames, empty_frame, events_frame
 from ingest.journal import write_atomic
 from ingest.sink import Checkpoint, TopicPartition
 
 CHECKPOINT = "_checkpoint.json"
 _FILE = re.compile(r"^(\d{10})\.parquet$")
-
-_BASE = {"event_id": pl.String, "ts": pl.Float64, "user_id": pl.String}
-SLOT = pl.Struct({"item_id": pl.String, "position": pl.Int32, "score": pl.Float64,
-                  "propensity": pl.Float64})
-#: The parquet schema of each event type. ``context`` is kept as a JSON string because its
-#: keys differ from one source to the next.
-SCHEMAS: dict[str, dict[str, pl.DataType]] = {
-    "impression": {**_BASE, "request_id": pl.String, "slots": pl.List(SLOT),
-                   "policy": pl.String, "experiment": pl.String, "variant": pl.String,
-                   "query": pl.String},
-    "click": {**_BASE, "request_id": pl.String, "item_id": pl.String, "position": pl.Int32},
-    "reaction": {**_BASE, "request_id": pl.String, "item_id": pl.String,
-                 "reaction": pl.String},
-    "dwell": {**_BASE, "request_id": pl.String, "item_id": pl.String, "seconds": pl.Float64},
-    "query": {**_BASE, "request_id": pl.String, "query": pl.String},
-}
-_encoder = msgspec.json.Encoder()
-
-
-def events_frame(kind: str, events: Sequence[Event]) -> pl.DataFrame:
-    """Events of one type as a polars frame with that type's schema.
-
-    msgspec writes them as JSON lines and polars parses those in Rust: both vectorized, and
-    several times faster than building the frame from Python objects.
-    """
-    schema = SCHEMAS[kind]
-    if not events:
-        frame = pl.DataFrame(schema=schema)
-    else:
-        frame = pl.read_ndjson(io.BytesIO(_encoder.encode_lines(events)), schema=schema)
-    if kind == "impression":
-        contexts = [None if e.context is None else _encoder.encode(e.context).decode()
-                    for e in events]  # type: ignore[union-attr]
-        frame = frame.with_columns(pl.Series("context", contexts, dtype=pl.String))
-    return frame
-
 
 def _date_of(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
@@ -98,10 +61,7 @@ def scan(root: str | os.PathLike[str], kind: str) -> pl.LazyFrame:
     seq, _ = _read_checkpoint(root)
     files = _committed_files(root, kind, seq)
     if not files:
-        schema = dict(SCHEMAS[kind])
-        if kind == "impression":
-            schema["context"] = pl.String
-        return pl.LazyFrame(schema=schema)
+        return empty_frame(kind).lazy()
     return pl.scan_parquet(files)
 
 
@@ -109,21 +69,13 @@ def scan_all(root: str | os.PathLike[str]) -> dict[str, pl.LazyFrame]:
     return {kind: scan(root, kind) for kind in EVENT_TYPES}
 
 
-def iter_event_lines(root: str | os.PathLike[str], batch_rows: int = 100_000
-                     ) -> Iterator[list[bytes]]:
-    """The committed events again as JSON messages, type by type, for replay."""
+def iter_frames(root: str | os.PathLike[str], batch_rows: int = 500_000
+                ) -> Iterator[EventFrames]:
+    """The committed events again, a frame of one type at a time, for replay."""
     for kind in EVENT_TYPES:
         frame = scan(root, kind).collect()
         for offset in range(0, frame.height, batch_rows):
-            part = frame.slice(offset, batch_rows).with_columns(type=pl.lit(kind))
-            if kind != "impression":
-                yield part.write_ndjson().encode().splitlines()
-                continue
-            # context is stored as JSON text: splice it back in as an object.
-            contexts = part["context"].to_list()
-            lines = part.drop("context").write_ndjson().encode().splitlines()
-            yield [line if ctx is None else line[:-1] + b',"context":' + ctx.encode() + b"}"
-                   for line, ctx in zip(lines, contexts, strict=True)]
+            yield {kind: frame.slice(offset, batch_rows)}
 
 
 class ParquetLogStore:
@@ -134,6 +86,7 @@ class ParquetLogStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._seq, self._checkpoint = _read_checkpoint(self.root)
         self._pending: dict[str, list[Event]] = {kind: [] for kind in EVENT_TYPES}
+        self._pending_frames: dict[str, list[pl.DataFrame]] = {k: [] for k in EVENT_TYPES}
         self._remove_orphans()
 
     def _remove_orphans(self) -> None:
@@ -147,14 +100,28 @@ class ParquetLogStore:
         for event in events:
             pending[event_type(event)].append(event)
 
+    def write_frames(self, frames: EventFrames) -> None:
+        """Accept already-validated events as frames in the store's schema."""
+        for kind, frame in frames.items():
+            if frame.height:
+                self._pending_frames[kind].append(frame.select(list(SCHEMAS[kind])))
+
+    def _frame_to_flush(self, kind: str) -> pl.DataFrame | None:
+        parts = self._pending_frames[kind]
+        if self._pending[kind]:
+            parts = [*parts, events_frame(kind, self._pending[kind])]
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else pl.concat(parts)
+
     def flush(self, offsets: dict[TopicPartition, int], cluster_id: str | None) -> None:
         seq = self._seq + 1
         written = []
-        for kind, events in self._pending.items():
-            if not events:
+        for kind in EVENT_TYPES:
+            frame = self._frame_to_flush(kind)
+            if frame is None:
                 continue
-            frame = events_frame(kind, events).with_columns(
-                _day=(pl.col("ts") // 86400).cast(pl.Int64))
+            frame = frame.with_columns(_day=(pl.col("ts") // 86400).cast(pl.Int64))
             for (day,), part in frame.partition_by("_day", as_dict=True,
                                                    maintain_order=True).items():
                 folder = self.root / kind / f"date={_date_of(float(day) * 86400)}"
@@ -178,6 +145,7 @@ class ParquetLogStore:
             }).encode())
             self._seq, self._checkpoint = seq, checkpoint
         self._pending = {kind: [] for kind in EVENT_TYPES}
+        self._pending_frames = {kind: [] for kind in EVENT_TYPES}
 
     def checkpoint(self) -> Checkpoint:
         return self._checkpoint

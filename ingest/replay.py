@@ -6,8 +6,10 @@ Sources, chosen by :func:`open_log` (``format="auto"`` looks at the path):
 - the Open Bandit Dataset CSV (``obd``);
 - any click log with a column mapping (``generic``: CSV, JSON lines, parquet).
 
-Every message is validated with the consumer's decoder. Rejected lines are never dropped
-silently: they are counted and written with their reason to a rejects file.
+JSON lines are validated by the stream's decoder (msgspec, one message at a time); columnar
+logs by the same rules on whole frames (:mod:`ingest.validation`), with no object per event.
+Rejected events are never dropped silently: they are counted and written with their reason
+to a rejects file.
 With ``speed`` set, an event logged ``t`` seconds after the first one is sent ``t / speed``
 seconds after the replay started (``speed=60``: an hour of log in a minute).
 """
@@ -17,27 +19,32 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-from ingest.adapters.generic import generic_events
-from ingest.adapters.obd import obd_events
+import polars as pl
+
+from ingest.adapters.generic import generic_frames
+from ingest.adapters.obd import obd_frames
 from ingest.codec import decode_batch
-from ingest.dedupe import DedupeWindow
-from ingest.events import Event
-from ingest.logstore import CHECKPOINT, ParquetLogStore, iter_event_lines
+from ingest.events import EVENT_TYPES
+from ingest.frames import EventFrames, frame_messages, frames_in_time_order, split_events
+from ingest.logstore import CHECKPOINT, ParquetLogStore, iter_frames, scan
 from ingest.producer import EventProducer
+from ingest.validation import validate_frame
 
 LogFormat = Literal["auto", "events", "store", "obd", "generic"]
+#: What a log yields: raw JSON messages, or frames of events by type.
+LogBatch = list[bytes] | EventFrames
 
 
 class ReplayError(ValueError):
     """The log cannot be replayed as asked."""
 
 
-def jsonl_batches(path: str | os.PathLike[str], batch_lines: int = 50_000
+def jsonl_batches(path: str | os.PathLike[str], batch_lines: int = 100_000
                   ) -> Iterator[list[bytes]]:
     with open(path, "rb") as handle:
         batch: list[bytes] = []
@@ -80,62 +87,101 @@ def open_log(
     mapping: Mapping[str, str] | None = None,
     policy: str | None = None,
     assume_deterministic: bool = False,
-) -> Iterator[list[bytes]]:
-    """Batches of event messages from a log, whatever its format."""
+) -> Iterator[LogBatch]:
+    """Batches of events from a log, whatever its format."""
     path = Path(path)
     chosen = detect_format(path) if log_format == "auto" else log_format
     if chosen == "events":
         return jsonl_batches(path)
     if chosen == "store":
-        return iter_event_lines(path)
+        return iter_frames(path)
     if chosen == "obd":
-        return obd_events(path, policy=policy)
+        return obd_frames(path, policy=policy)
     if chosen == "generic":
-        return generic_events(path, mapping, policy=policy or "logged",
+        return generic_frames(path, mapping, policy=policy or "logged",
                               assume_deterministic=assume_deterministic)
     raise ReplayError(f"unknown log format {log_format!r}")
 
 
+class EventClock:
+    """Maps event time to wall time for a scaled replay (``speed=None``: no waiting)."""
+
+    def __init__(self, speed: float | None) -> None:
+        if speed is not None and speed <= 0:
+            raise ReplayError(f"speed={speed} must be > 0")
+        self.speed = speed
+        self._started = time.perf_counter()
+        self._first_ts: float | None = None
+
+    def wait_until(self, ts: float) -> None:
+        if self.speed is None:
+            return
+        if self._first_ts is None:
+            self._first_ts = ts
+        delay = self._started + (ts - self._first_ts) / self.speed - time.perf_counter()
+        if delay > 0:
+            # Pacing is what a scaled replay does, not a wait for something to happen.
+            time.sleep(delay)
+
+
 class ReplayTarget(Protocol):
-    def write(self, events: Sequence[Event], raws: Sequence[bytes]) -> None: ...
+    def write(self, frames: EventFrames, clock: EventClock) -> int:
+        """Take validated events; return how many were sent on (not dropped as duplicates)."""
+        ...
 
     def close(self) -> None: ...
 
 
 class KafkaTarget:
-    """Sends the validated messages to the events topic, keyed by user."""
+    """Sends events to the events topic in time order, keyed by user, paced by the clock."""
 
-    def __init__(self, producer: EventProducer) -> None:
+    def __init__(self, producer: EventProducer, pace_rows: int = 500) -> None:
         self.producer = producer
+        self.pace_rows = pace_rows
 
-    def write(self, events: Sequence[Event], raws: Sequence[bytes]) -> None:
-        self.producer.send_raw(
-            (e.user_id.encode(), raw, None) for e, raw in zip(events, raws, strict=True))
+    def write(self, frames: EventFrames, clock: EventClock) -> int:
+        messages = frames_in_time_order(frames)
+        step = self.pace_rows if clock.speed else max(messages.height, 1)
+        for start in range(0, messages.height, step):
+            part = messages.slice(start, step)
+            clock.wait_until(part["ts"][-1])
+            self.producer.send_raw(
+                (user.encode(), message.encode(), None)
+                for user, message in zip(part["user_id"], part["message"], strict=True))
+        return messages.height
 
     def close(self) -> None:
         self.producer.close()
 
 
 class ParquetTarget:
-    """Appends to a parquet log store, dropping events already in it (by ``event_id``)."""
+    """Appends to a parquet log store, dropping events whose ``event_id`` it already has."""
 
-    def __init__(self, root: str | os.PathLike[str], flush_events: int = 500_000,
-                 dedupe_window: int = 5_000_000) -> None:
+    def __init__(self, root: str | os.PathLike[str], flush_rows: int = 2_000_000) -> None:
         self.store = ParquetLogStore(root)
-        self.flush_events = flush_events
-        self.dedupe = DedupeWindow(dedupe_window)
-        self.dedupe.seed(self.store.recent_event_ids(dedupe_window))
+        self.flush_rows = flush_rows
         self.duplicates = 0
+        self._seen = pl.concat([scan(root, kind).select("event_id").collect()
+                                for kind in EVENT_TYPES])
         self._unflushed = 0
 
-    def write(self, events: Sequence[Event], raws: Sequence[bytes]) -> None:
-        fresh = [e for e in events if self.dedupe.add(e.event_id)]
-        self.duplicates += len(events) - len(fresh)
-        self.store.write(fresh)
-        self._unflushed += len(fresh)
-        if self._unflushed >= self.flush_events:
+    def write(self, frames: EventFrames, clock: EventClock) -> int:
+        written = 0
+        for kind, frame in frames.items():
+            if not frame.height:
+                continue
+            clock.wait_until(frame["ts"].max())  # type: ignore[arg-type]
+            fresh = (frame.unique("event_id", keep="first", maintain_order=True)
+                     .join(self._seen, on="event_id", how="anti"))
+            self.duplicates += frame.height - fresh.height
+            self._seen = pl.concat([self._seen, fresh.select("event_id")])
+            self.store.write_frames({kind: fresh})
+            written += fresh.height
+        self._unflushed += written
+        if self._unflushed >= self.flush_rows:
             self.store.flush({}, None)
             self._unflushed = 0
+        return written
 
     def close(self) -> None:
         self.store.flush({}, None)
@@ -146,6 +192,7 @@ class ReplaySummary:
     read: int = 0
     sent: int = 0
     rejected: int = 0
+    duplicates: int = 0
     seconds: float = 0.0
     rejects_file: str | None = None
     reasons: dict[str, int] = field(default_factory=dict)
@@ -155,57 +202,74 @@ class ReplaySummary:
         return self.read / self.seconds if self.seconds > 0 else 0.0
 
 
+@dataclass
+class _Rejects:
+    """Appends rejected events with their reason; opens the file on the first one."""
+
+    path: Path
+    summary: ReplaySummary
+    _handle: object = None
+
+    def add(self, position: int, reason: str, raw: str) -> None:
+        if self._handle is None:
+            self._handle = open(self.path, "a")  # noqa: SIM115
+            self.summary.rejects_file = str(self.path)
+        rule = reason.split("=", 1)[0] if "=" in reason else reason[:60]
+        self.summary.reasons[rule] = self.summary.reasons.get(rule, 0) + 1
+        self._handle.write(json.dumps(  # type: ignore[attr-defined]
+            {"line": position, "error": reason, "raw": raw}) + "\n")
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # type: ignore[attr-defined]
+
+
+def _validated(batch: LogBatch, first: int, rejects: _Rejects) -> tuple[EventFrames, int, int]:
+    """(valid frames, events read, events rejected) of one batch."""
+    if isinstance(batch, list):
+        decoded, rejected = decode_batch(batch)
+        for r in rejected:
+            rejects.add(first + r.index + 1, r.reason, batch[r.index].decode(errors="replace"))
+        return split_events([e for e in decoded if e is not None]), len(batch), len(rejected)
+    valid: EventFrames = {}
+    read = bad = 0
+    for kind, frame in batch.items():
+        good, rejected = validate_frame(kind, frame)
+        valid[kind] = good
+        if rejected.height:
+            raws = frame_messages(kind, rejected.drop("row", "reason"))["message"]
+            for row, reason, raw in zip(rejected["row"], rejected["reason"], raws, strict=True):
+                rejects.add(first + read + row + 1, reason, raw)
+        read += frame.height
+        bad += rejected.height
+    return valid, read, bad
+
+
 def replay(
-    batches: Iterator[list[bytes]],
+    batches: Iterator[LogBatch],
     target: ReplayTarget,
     *,
     speed: float | None = None,
     rejects_path: str | os.PathLike[str] | None = None,
     on_batch: Callable[[ReplaySummary], None] | None = None,
-    pace_batch: int = 500,
 ) -> ReplaySummary:
-    """Validate every message and hand the good ones to ``target``; see the module doc."""
-    if speed is not None and speed <= 0:
-        raise ReplayError(f"speed={speed} must be > 0")
+    """Validate every event and hand the good ones to ``target``; see the module doc."""
+    clock = EventClock(speed)
     summary = ReplaySummary()
+    rejects = _Rejects(Path(rejects_path or "replay.rejects.jsonl"), summary)
     started = time.perf_counter()
-    first_ts: float | None = None
-    rejects = None
     try:
-        for raws in batches:
-            decoded, rejected = decode_batch(raws)
-            if rejected:
-                if rejects is None:
-                    rejects_path = Path(rejects_path or "replay.rejects.jsonl")
-                    rejects = open(rejects_path, "a")  # noqa: SIM115
-                    summary.rejects_file = str(rejects_path)
-                for r in rejected:
-                    rule = r.reason.split("=", 1)[0] if "=" in r.reason else r.reason[:60]
-                    summary.reasons[rule] = summary.reasons.get(rule, 0) + 1
-                    rejects.write(json.dumps({"line": summary.read + r.index + 1,
-                                              "error": r.reason,
-                                              "raw": raws[r.index].decode(errors="replace")})
-                                  + "\n")
-            good = [(e, raw) for e, raw in zip(decoded, raws, strict=True) if e is not None]
-            for start in range(0, len(good), pace_batch if speed else len(good) or 1):
-                chunk = good[start:start + (pace_batch if speed else len(good))]
-                if speed and chunk:
-                    first_ts = chunk[0][0].ts if first_ts is None else first_ts
-                    due = started + (chunk[-1][0].ts - first_ts) / speed
-                    # Pacing is the product's behaviour here (scaled event time), not a wait
-                    # for something to happen.
-                    delay = due - time.perf_counter()
-                    if delay > 0:
-                        time.sleep(delay)
-                target.write([e for e, _ in chunk], [raw for _, raw in chunk])
-                summary.sent += len(chunk)
-            summary.read += len(raws)
-            summary.rejected += len(rejected)
+        for batch in batches:
+            frames, read, rejected = _validated(batch, summary.read, rejects)
+            sent = target.write(frames, clock)
+            summary.read += read
+            summary.rejected += rejected
+            summary.sent += sent
+            summary.duplicates += read - rejected - sent
             if on_batch is not None:
                 on_batch(summary)
         target.close()
     finally:
-        if rejects is not None:
-            rejects.close()
+        rejects.close()
         summary.seconds = time.perf_counter() - started
     return summary

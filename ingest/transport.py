@@ -160,9 +160,15 @@ class _KafkaPythonProducer:
         return sorted(failed)
 
     def close(self) -> None:
-        # timeout=0 abandons anything unacknowledged: the caller has journaled it already,
-        # and a late delivery would only add duplicates.
-        self._producer.close(timeout=0)
+        # Abandon anything unacknowledged: the caller has journaled it already, and a late
+        # delivery would only add duplicates. close() flushes first and raises on pending
+        # records before it stops the sender; kafka-python has no public abort, so the
+        # sender is force-closed (aborting its batches) and close() then completes.
+        try:
+            self._producer.close(timeout=0)
+        except self._error:
+            self._producer._sender.force_close()
+            self._producer.close(timeout=0)
 
 
 class _KafkaPythonConsumer:

@@ -64,12 +64,12 @@ def _mapping(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
+    stop = _stop_on_signals()  # before anything is printed: a caller may signal right away
     broker = EmbeddedBroker(port=args.port, log_file=args.log_file)
     broker.start()
     console.print(f"[green]Tansu broker listening on {broker.bootstrap}[/] "
                   f"(cluster {broker.cluster_id}, memory only). Ctrl-C stops it.")
     print(broker.bootstrap, flush=True)
-    stop = _stop_on_signals()
     try:
         while not stop.wait(0.5):
             if not broker.running:

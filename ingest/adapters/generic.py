@@ -30,6 +30,8 @@ from pathlib import Path
 
 import polars as pl
 
+from ingest.frames import SCHEMAS, SLOT_FIELDS, EventFrames
+
 REQUIRED = ("user_id", "item_id", "position", "ts", "clicked")
 OPTIONAL = ("request_id", "propensity", "score", "query", "policy")
 
@@ -50,15 +52,15 @@ def read_table(path: str | os.PathLike[str]) -> pl.LazyFrame:
     raise MappingError(f"{path}: unknown log format {suffix!r} (use .csv, .jsonl or .parquet)")
 
 
-def generic_events(
+def generic_frames(
     path: str | os.PathLike[str],
     mapping: Mapping[str, str] | None = None,
     *,
     policy: str = "logged",
     assume_deterministic: bool = False,
-    batch_rows: int = 200_000,
-) -> Iterator[list[bytes]]:
-    """Batches of event messages (impressions, then the clicks on them), in time order."""
+    batch_rows: int = 500_000,
+) -> Iterator[EventFrames]:
+    """Batches of impressions (in time order, ``batch_rows`` at a time) with their clicks."""
     mapping = dict(mapping or {})
     unknown = set(mapping) - set(REQUIRED) - set(OPTIONAL)
     if unknown:
@@ -105,26 +107,26 @@ def generic_events(
             request_id=pl.concat_str([pl.col("user_id"), pl.col("ts").cast(pl.String)],
                                      separator="@"))
     rows = frame.collect()
+    slot = pl.struct(*(pl.col(f).cast(t) for f, t in SLOT_FIELDS.items()))
     impressions = (
         rows.group_by("request_id", maintain_order=True)
-        .agg(
-            pl.col("ts").min(), pl.col("user_id").first(), pl.col("policy").first(),
-            pl.col("query").first(),
-            slots=pl.struct("item_id", "position", "score", "propensity").sort_by("position"),
-        )
-        .with_columns(type=pl.lit("impression"), event_id=pl.col("request_id") + "-imp")
+        .agg(pl.col("ts").min(), pl.col("user_id").first(), pl.col("policy").first(),
+             pl.col("query").first(), slots=slot.sort_by("position"))
+        .with_columns(event_id=pl.col("request_id") + "-imp",
+                      experiment=pl.lit(None, pl.String), variant=pl.lit(None, pl.String),
+                      context=pl.lit(None, pl.String))
+        .sort("ts", maintain_order=True)
+        .select(list(SCHEMAS["impression"]))
+        .cast(SCHEMAS["impression"])
     )
     clicks = (
         rows.filter("clicked")
-        .select("request_id", "user_id", "item_id", "position", "ts",
-                type=pl.lit("click"),
-                event_id=pl.col("request_id") + "-click-" + pl.col("position").cast(pl.String))
+        .with_columns(event_id=pl.col("request_id") + "-click-"
+                      + pl.col("position").cast(pl.String))
+        .select(list(SCHEMAS["click"]))
+        .cast(SCHEMAS["click"])
     )
-    # One JSON message per row, impressions before the clicks on them at equal times.
-    lines = pl.concat([
-        table.select("ts", order=pl.lit(rank),
-                     line=pl.struct(pl.exclude("ts", "order"), "ts").struct.json_encode())
-        for rank, table in enumerate((impressions, clicks))
-    ]).sort("ts", "order", maintain_order=True)["line"]
-    for start in range(0, lines.len(), batch_rows):
-        yield [line.encode() for line in lines.slice(start, batch_rows).to_list()]
+    for start in range(0, max(impressions.height, 1), batch_rows):
+        part = impressions.slice(start, batch_rows)
+        yield {"impression": part,
+               "click": clicks.join(part.select("request_id"), on="request_id", how="semi")}

@@ -5,10 +5,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from ingest.adapters.generic import MappingError, generic_events
-from ingest.adapters.obd import obd_events
-from ingest.codec import decode_batch
+from ingest.adapters.generic import MappingError, generic_frames
+from ingest.adapters.obd import obd_frames
 from ingest.events import Click, Impression
+from ingest.frames import events_of
+from ingest.validation import validate_frame
 
 MAPPING = {"user_id": "uid", "item_id": "item", "position": "rank", "ts": "time",
            "clicked": "click", "propensity": "p", "request_id": "req"}
@@ -28,10 +29,9 @@ def _log(tmp_path: Path, suffix: str) -> Path:
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
 def test_generic_log_becomes_impressions_and_clicks(tmp_path: Path, suffix: str) -> None:
-    lines = [line for batch in generic_events(_log(tmp_path, suffix), MAPPING)
-             for line in batch]
-    events, rejected = decode_batch(lines)
-    assert rejected == []
+    batches = list(generic_frames(_log(tmp_path, suffix), MAPPING))
+    assert all(validate_frame(k, f)[1].height == 0 for b in batches for k, f in b.items())
+    events = [e for b in batches for e in events_of(b)]
     impressions = [e for e in events if isinstance(e, Impression)]
     clicks = [e for e in events if isinstance(e, Click)]
     assert [i.request_id for i in impressions] == ["q1", "q2"]
@@ -47,18 +47,19 @@ def test_missing_propensity_needs_an_explicit_deterministic_flag(tmp_path: Path)
     path = _log(tmp_path, ".csv")
     mapping = {k: v for k, v in MAPPING.items() if k != "propensity"}
     with pytest.raises(MappingError, match="no propensity column"):
-        list(generic_events(path, mapping))
-    lines = [x for b in generic_events(path, mapping, assume_deterministic=True) for x in b]
-    impressions = [e for e in decode_batch(lines)[0] if isinstance(e, Impression)]
+        list(generic_frames(path, mapping))
+    events = [e for b in generic_frames(path, mapping, assume_deterministic=True)
+              for e in events_of(b)]
+    impressions = [e for e in events if isinstance(e, Impression)]
     assert {s.propensity for i in impressions for s in i.slots} == {1.0}
 
 
 def test_mapping_errors_name_the_field_and_column(tmp_path: Path) -> None:
     path = _log(tmp_path, ".csv")
     with pytest.raises(MappingError, match=r"user_id \(column 'user'\)"):
-        list(generic_events(path, {**MAPPING, "user_id": "user"}))
+        list(generic_frames(path, {**MAPPING, "user_id": "user"}))
     with pytest.raises(MappingError, match="unknown fields"):
-        list(generic_events(path, {**MAPPING, "colour": "x"}))
+        list(generic_frames(path, {**MAPPING, "colour": "x"}))
 
 
 def _obd_like(tmp_path: Path) -> Path:
@@ -80,9 +81,7 @@ def _obd_like(tmp_path: Path) -> Path:
 
 def test_obd_rows_become_single_slot_impressions_with_logged_propensity(
         tmp_path: Path) -> None:
-    lines = [x for b in obd_events(_obd_like(tmp_path)) for x in b]
-    events, rejected = decode_batch(lines)
-    assert rejected == []
+    events = [e for b in obd_frames(_obd_like(tmp_path)) for e in events_of(b)]
     impressions = [e for e in events if isinstance(e, Impression)]
     assert len(impressions) == 3 and len(events) == 4
     first = impressions[0]
@@ -92,4 +91,5 @@ def test_obd_rows_become_single_slot_impressions_with_logged_propensity(
     assert first.ts == pytest.approx(1574553793.442536)
     assert first.context == {"user_feature_0": "x", "user_feature_1": "z",
                              "user-item_affinity_0": 0.0}
+    assert first.user_id == "ctx-x-z"
     assert impressions[0].user_id == impressions[1].user_id != impressions[2].user_id

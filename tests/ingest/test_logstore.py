@@ -4,9 +4,9 @@ from pathlib import Path
 
 import polars as pl
 
-from ingest.codec import decode_batch
 from ingest.events import Click, Impression, Query, Slot
-from ingest.logstore import ParquetLogStore, iter_event_lines, scan
+from ingest.frames import events_of
+from ingest.logstore import ParquetLogStore, iter_frames, scan
 
 DAY = 86_400.0
 EVENTS = [
@@ -34,7 +34,7 @@ def test_flushed_events_read_back_partitioned_by_type_and_date(tmp_path: Path) -
         {"item_id": "b", "position": 2, "score": 0.1, "propensity": 0.5}]
     assert store.count() == {"impression": 2, "click": 1, "reaction": 0, "dwell": 0,
                              "query": 1}
-    replayed = [e for lines in iter_event_lines(tmp_path) for e in decode_batch(lines)[0]]
+    replayed = [e for frames in iter_frames(tmp_path) for e in events_of(frames)]
     assert sorted(replayed, key=lambda e: e.event_id) == sorted(EVENTS,
                                                                  key=lambda e: e.event_id)
 

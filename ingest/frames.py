@@ -1,0 +1,110 @@
+"""Events as polars frames: one frame per event type, in the log store's schema.
+
+The stream hands the pipeline event objects; logs and the store hand it columns. These
+conversions join the two worlds without JSON in between:
+
+- :func:`events_frame` builds a frame column by column from event objects (measured here
+  2.5x faster than encoding them as JSON lines and parsing those with polars);
+- :func:`frame_messages` turns a frame back into the JSON messages of the wire format,
+  in polars (for replay to Kafka).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from operator import attrgetter
+
+import msgspec
+import polars as pl
+
+from ingest.events import EVENT_TYPES, Event, event_type
+
+_BASE = {"event_id": pl.String, "ts": pl.Float64, "user_id": pl.String}
+SLOT_FIELDS = {"item_id": pl.String, "position": pl.Int32, "score": pl.Float64,
+               "propensity": pl.Float64}
+SLOT = pl.Struct(SLOT_FIELDS)
+#: The schema of each event type. An impression's ``context`` is JSON text, because its
+#: keys differ from one source to the next.
+SCHEMAS: dict[str, dict[str, pl.DataType]] = {
+    "impression": {**_BASE, "request_id": pl.String, "slots": pl.List(SLOT),
+                   "policy": pl.String, "experiment": pl.String, "variant": pl.String,
+                   "query": pl.String, "context": pl.String},
+    "click": {**_BASE, "request_id": pl.String, "item_id": pl.String, "position": pl.Int32},
+    "reaction": {**_BASE, "request_id": pl.String, "item_id": pl.String,
+                 "reaction": pl.String},
+    "dwell": {**_BASE, "request_id": pl.String, "item_id": pl.String, "seconds": pl.Float64},
+    "query": {**_BASE, "request_id": pl.String, "query": pl.String},
+}
+EventFrames = dict[str, pl.DataFrame]
+_encode = msgspec.json.Encoder().encode
+
+
+def empty_frame(kind: str) -> pl.DataFrame:
+    return pl.DataFrame(schema=SCHEMAS[kind])
+
+
+def _slots_column(events: Sequence[Event]) -> pl.Series:
+    slots = [slot for e in events for slot in e.slots]  # type: ignore[union-attr]
+    flat = pl.DataFrame(
+        {name: [getattr(s, name) for s in slots] for name in SLOT_FIELDS}, schema=SLOT_FIELDS)
+    rows = pl.Series("_row", [i for i, e in enumerate(events)
+                              for _ in range(len(e.slots))], dtype=pl.UInt32)  # type: ignore[union-attr]
+    return (flat.with_columns(rows)
+            .group_by("_row", maintain_order=True)
+            .agg(slots=pl.struct(*SLOT_FIELDS))["slots"])
+
+
+def events_frame(kind: str, events: Sequence[Event]) -> pl.DataFrame:
+    """Events of one type as a frame with that type's schema."""
+    schema = SCHEMAS[kind]
+    if not events:
+        return empty_frame(kind)
+    columns: dict[str, object] = {}
+    for name in schema:
+        if name == "slots":
+            columns[name] = _slots_column(events)
+        elif name == "context":
+            columns[name] = [None if e.context is None else _encode(e.context).decode()
+                             for e in events]  # type: ignore[union-attr]
+        else:
+            columns[name] = list(map(attrgetter(name), events))
+    return pl.DataFrame(columns, schema=schema)
+
+
+def split_events(events: Sequence[Event]) -> EventFrames:
+    """Events of any types as one frame per type (types with no events are left out)."""
+    by_kind: dict[str, list[Event]] = {}
+    for event in events:
+        by_kind.setdefault(event_type(event), []).append(event)
+    return {kind: events_frame(kind, group) for kind, group in by_kind.items()}
+
+
+def frame_messages(kind: str, frame: pl.DataFrame) -> pl.DataFrame:
+    """``ts``, ``user_id`` and ``message`` (the event's JSON on the wire) for every row."""
+    fields = [pl.lit(kind).alias("type"),
+              *(pl.col(name) for name in SCHEMAS[kind] if name != "context")]
+    message = pl.struct(fields).struct.json_encode()
+    if kind == "impression":
+        # context is JSON text already: splice it in as an object, not as a string.
+        message = pl.when(pl.col("context").is_null()).then(message).otherwise(
+            message.str.head(-1) + pl.lit(',"context":') + pl.col("context") + pl.lit("}"))
+    return frame.select("ts", "user_id", message=message)
+
+
+def frames_in_time_order(frames: EventFrames) -> pl.DataFrame:
+    """The messages of all frames merged by ``ts`` (ties keep EVENT_TYPES order, so an
+    impression precedes the clicks logged at the same instant)."""
+    parts = [frame_messages(kind, frames[kind]).with_columns(_order=pl.lit(i))
+             for i, kind in enumerate(EVENT_TYPES) if kind in frames and frames[kind].height]
+    if not parts:
+        return pl.DataFrame(schema={"ts": pl.Float64, "user_id": pl.String,
+                                    "message": pl.String})
+    return pl.concat(parts).sort("ts", "_order", maintain_order=True).drop("_order")
+
+
+def events_of(frames: EventFrames) -> list[Event]:
+    """Frames back to event objects (through the wire format, so they are validated), in
+    time order."""
+    from ingest.codec import decode
+
+    return [decode(m.encode()) for m in frames_in_time_order(frames)["message"]]
