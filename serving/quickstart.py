@@ -133,6 +133,7 @@ def run_quickstart(settings: Settings, *, impressions: int, workdir: str | Path,
     axis.plot(by_position["position"], by_position["ctr"] / first, "o-",
               label="CTR / CTR@1 (logged)")
     axis.plot(range(1, len(theta) + 1), theta / theta[0], "s--", label="true θ_k / θ_1")
+    axis.set_xticks(range(1, len(theta) + 1))
     axis.set_xlabel("position")
     axis.set_ylabel("relative to position 1")
     axis.set_title("Position bias in the simulated log")

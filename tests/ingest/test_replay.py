@@ -9,12 +9,12 @@ import polars as pl
 import pytest
 
 from ingest.adapters.obd import read_obd
+from ingest.broker import EmbeddedBroker
 from ingest.codec import encode
+from ingest.consumer import EventConsumer
 from ingest.events import Click
 from ingest.joins import join_log
 from ingest.logstore import scan
-from ingest.broker import EmbeddedBroker
-from ingest.consumer import EventConsumer
 from ingest.producer import EventProducer
 from ingest.replay import KafkaTarget, ParquetTarget, ReplayError, open_log, replay
 from ingest.settings import Settings
