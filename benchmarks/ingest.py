@@ -55,13 +55,26 @@ from ingest.replay import ParquetTarget, open_log, replay  # noqa: E402
 from ingest.settings import Settings, load_settings  # noqa: E402
 from ingest.sink import NullSink  # noqa: E402
 from ingest.transport import _ConfluentConsumer, _KafkaPythonConsumer  # noqa: E402
-from simulation.clicklog import PositionBasedLog  # noqa: E402
+from simulation.clicks import PositionBasedModel, examination  # noqa: E402
+from simulation.policies import EpsilonGreedyPolicy, popularity_policy  # noqa: E402
+from simulation.simulator import simulate  # noqa: E402
+from simulation.world import World  # noqa: E402
 
 console = Console()
 
 
 def simulated(n: int, seed: int = 0) -> list[Event]:
-    return [e for batch in PositionBasedLog(seed=seed).batches(n) for e in batch][:n]
+    """n events of a simulated log, in time order: impressions of 5 slots, clicks, dwell,
+    reactions (about 6.5 events per impression)."""
+    world = World(n_items=10_000, seed=seed)
+    impressions = n // 4 + 100
+    while True:
+        log = simulate(world, EpsilonGreedyPolicy(popularity_policy(world), 0.3),
+                       PositionBasedModel(examination(5)), n=impressions, k=5, seed=seed)
+        events = log.events()
+        if len(events) >= n:
+            return events[:n]
+        impressions *= 2
 
 
 def settings_for(base: Settings, backend: str, topic: str, workdir: Path) -> Settings:

@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "set), stream a simulated click log through Kafka into the parquet "
                             "log store, with some malformed messages that must land in the DLQ, "
                             "then join impressions with clicks and print CTR by position.")
-    p.add_argument("--impressions", type=int, default=20_000, help="impressions to simulate")
+    p.add_argument("--impressions", type=int, default=10_000, help="impressions to simulate")
     p.add_argument("--workdir", default=".clickloop/run", help="where the log store goes")
     p.add_argument("--bootstrap", help="use this broker instead of the embedded one")
     p.set_defaults(func=cmd_run)

@@ -1,10 +1,11 @@
 """``clickloop run``: the whole ingest path on the embedded defaults, end to end.
 
-Simulated impressions and clicks (position-based model, known propensities) go through a
-real Kafka broker with a few malformed and duplicated messages mixed in; the consumer
-validates, dead-letters, deduplicates and writes the parquet log; the impression-click join
-then gives CTR by position, naive and propensity-weighted, next to the true examination
-curve. Prints tables and saves a plot.
+A simulated log (a seeded world, uniformly random slates so that CTR differences by position
+are pure position bias, position-based clicks, reactions and dwell) goes through a real
+Kafka broker with a few malformed and duplicated messages mixed in; the consumer validates,
+dead-letters, deduplicates and writes the parquet log; the impression-click join then gives
+CTR by position next to the true examination curve, and CTR divided by it (IPS), which is
+flat when the bias is removed. Prints tables and saves a plot.
 """
 
 from __future__ import annotations
@@ -24,14 +25,17 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from ingest.broker import EmbeddedBroker  # noqa: E402
-from ingest.codec import encode  # noqa: E402
 from ingest.consumer import EventConsumer  # noqa: E402
 from ingest.dlq import read_dead_letters  # noqa: E402
 from ingest.joins import join_log  # noqa: E402
 from ingest.logstore import ParquetLogStore  # noqa: E402
 from ingest.producer import EventProducer  # noqa: E402
 from ingest.settings import Settings  # noqa: E402
-from simulation.clicklog import PositionBasedLog  # noqa: E402
+from ingest.frames import frames_in_time_order  # noqa: E402
+from simulation.clicks import PositionBasedModel, examination  # noqa: E402
+from simulation.policies import UniformRandomPolicy  # noqa: E402
+from simulation.simulator import simulate  # noqa: E402
+from simulation.world import World  # noqa: E402
 
 #: Bad messages planted in the stream, one of each kind per this many good events.
 BAD_EVERY = 1000
@@ -56,7 +60,12 @@ def run_quickstart(settings: Settings, *, impressions: int, workdir: str | Path,
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     settings = _settings_for(settings, workdir)
-    world = PositionBasedLog(k=5, eta=1.0, seed=7)
+    theta = examination(5)
+    log = simulate(World(n_items=2000, n_users=1000, seed=7), UniformRandomPolicy(),
+                   PositionBasedModel(theta, noise_floor=0.05), n=impressions, k=5, seed=7)
+    messages = frames_in_time_order(log.frames())
+    records = [(user.encode(), message.encode(), None)
+               for user, message in zip(messages["user_id"], messages["message"], strict=True)]
     with ExitStack() as stack:
         bootstrap = bootstrap or settings.kafka.bootstrap
         if not bootstrap:
@@ -70,19 +79,19 @@ def run_quickstart(settings: Settings, *, impressions: int, workdir: str | Path,
                                         group_id=f"quickstart-{run_id}")
         settings = msgspec.structs.replace(settings, kafka=kafka)
 
-        produced = planted = resent = 0
-        with console.status("simulating and producing events…"), \
+        # Every BAD_EVERY-th good message is followed by a malformed one and, as a retrying
+        # client would, by a second copy of itself.
+        planted = resent = 0
+        with console.status("producing the simulated events…"), \
                 EventProducer(settings, bootstrap) as producer:
-            for batch in world.batches(impressions):
-                producer.send(batch)
-                produced += len(batch)
-                bad = [BAD_KINDS[i % len(BAD_KINDS)] for i in range(len(batch) // BAD_EVERY)]
-                producer.send_raw((b"bad", raw, None) for raw in bad)
-                planted += len(bad)
-                # A retrying client sends some events twice; the consumer must drop them.
-                again = batch[:: BAD_EVERY]
-                producer.send_raw((e.user_id.encode(), encode(e), None) for e in again)
-                resent += len(again)
+            for index, record in enumerate(records):
+                producer.send_raw([record])
+                if index % BAD_EVERY == BAD_EVERY - 1:
+                    producer.send_raw([(b"bad", BAD_KINDS[planted % len(BAD_KINDS)], None),
+                                       record])
+                    planted += 1
+                    resent += 1
+        produced = len(records)
         total = produced + planted + resent
         console.print(f"produced {produced:,} events, {planted:,} malformed, "
                       f"{resent:,} duplicates → topic {kafka.topic}")
@@ -111,28 +120,26 @@ def run_quickstart(settings: Settings, *, impressions: int, workdir: str | Path,
     by_position = (
         join_log(workdir / "log")
         .group_by("position")
-        .agg(shown=pl.len(), ctr=pl.col("clicked").mean(),
-             ips_clicks=(pl.col("clicked") / pl.col("propensity")).sum(),
-             ips_shown=(1 / pl.col("propensity")).sum())
-        .with_columns(ips_ctr=pl.col("ips_clicks") / pl.col("ips_shown"))
+        .agg(shown=pl.len(), ctr=pl.col("clicked").mean())
         .sort("position")
         .collect()
+        .with_columns(theta=pl.Series(theta), ips=pl.col("ctr") / pl.Series(theta))
     )
-    theta = world.examination()
-    ctr = Table(title="CTR by position from the impression-click join")
-    for name in ("position", "shown", "logged CTR", "SNIPS CTR if items were uniform",
-                 "true θ"):
+    ctr = Table(title="CTR by position from the impression-click join (uniform slates)")
+    for name in ("position", "shown", "CTR", "true θ (examination)", "CTR / θ (IPS)"):
         ctr.add_column(name, justify="right")
     for row in by_position.iter_rows(named=True):
         ctr.add_row(str(row["position"]), f"{row['shown']:,}", f"{row['ctr']:.4f}",
-                    f"{row['ips_ctr']:.4f}", f"{theta[row['position'] - 1]:.3f}")
+                    f"{row['theta']:.2f}", f"{row['ips']:.4f}")
     console.print(ctr)
 
     figure, axis = plt.subplots(figsize=(6, 4))
     first = by_position["ctr"][0]
     axis.plot(by_position["position"], by_position["ctr"] / first, "o-",
               label="CTR / CTR@1 (logged)")
-    axis.plot(range(1, len(theta) + 1), theta / theta[0], "s--", label="true θ_k / θ_1")
+    axis.plot(by_position["position"], theta / theta[0], "s--", label="true θ_k / θ_1")
+    axis.plot(by_position["position"], by_position["ips"] / by_position["ips"][0], "^:",
+              label="IPS: (CTR / θ) relative to position 1")
     axis.set_xticks(range(1, len(theta) + 1))
     axis.set_xlabel("position")
     axis.set_ylabel("relative to position 1")

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from ingest.frames import SCHEMAS, EventFrames
+from ingest.events import Event
+from ingest.frames import SCHEMAS, EventFrames, events_of
 from simulation.clicks import ClickModel
 from simulation.policies import BatchPolicy
 from simulation.world import MAX_GRADE, World
@@ -86,6 +87,11 @@ class SimulatedLog:
     @property
     def n(self) -> int:
         return len(self.users)
+
+    def events(self) -> list[Event]:
+        """The batch as event objects in time order (for in-process consumers and tests;
+        :meth:`frames` is the fast path)."""
+        return events_of(self.frames())
 
     def frames(self) -> EventFrames:
         """The batch as events (impression, click, reaction, dwell), built in polars."""

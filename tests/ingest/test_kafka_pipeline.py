@@ -27,7 +27,10 @@ from ingest.logstore import scan
 from ingest.producer import EventProducer
 from ingest.settings import Settings
 from ingest.sink import MemorySink
-from simulation.clicklog import PositionBasedLog
+from simulation.clicks import PositionBasedModel, examination
+from simulation.policies import EpsilonGreedyPolicy, popularity_policy
+from simulation.simulator import simulate
+from simulation.world import World
 
 pytestmark = pytest.mark.kafka
 BACKENDS = [
@@ -48,8 +51,11 @@ def wait_for(condition: Callable[[], bool], deadline_s: float, what: str) -> Non
 
 
 def good_events(n: int, seed: int = 0) -> list[Event]:
-    events = [e for batch in PositionBasedLog(seed=seed).batches(n) for e in batch]
-    return events[:n]
+    """``n`` simulated events (impressions, clicks, reactions, dwell) in time order."""
+    world = World(n_items=1000, n_users=300, seed=seed)
+    log = simulate(world, EpsilonGreedyPolicy(popularity_policy(world), 0.3),
+                   PositionBasedModel(examination(5)), n=n, k=5, seed=seed)
+    return log.events()[:n]
 
 
 def clicks(n: int, prefix: str) -> list[Event]:
