@@ -1,1 +1,1 @@
-"""ranking: see DESIGN.md; built by later issues."""
+"""ranking: IR metrics and interleaving so far; FAISS retrieval and scoring come later."""

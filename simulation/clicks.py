@@ -57,13 +57,24 @@ def attractiveness(grades: np.ndarray, noise_floor: float) -> np.ndarray:
 
 
 class ClickModel(Protocol):
-    def click_probability(self, grades: np.ndarray) -> np.ndarray:
-        """P(click) of every slot, shape (n, k), where a model has a closed form."""
+    """``activity`` (shape (n,), default 1) scales each row's P(click | examined): users
+    differ in how readily they click."""
+
+    def click_probability(self, grades: np.ndarray, activity: np.ndarray | None = None
+                          ) -> np.ndarray:
+        """P(click) of every slot, shape (n, k)."""
         ...
 
-    def sample(self, grades: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def sample(self, grades: np.ndarray, rng: np.random.Generator,
+               activity: np.ndarray | None = None) -> np.ndarray:
         """Boolean clicks, shape (n, k)."""
         ...
+
+
+def _scaled(given_examined: np.ndarray, activity: np.ndarray | None) -> np.ndarray:
+    if activity is None:
+        return given_examined
+    return np.minimum(1.0, given_examined * np.asarray(activity, dtype=np.float32)[:, None])
 
 
 def _check_rate(name: str, value: float) -> None:
@@ -83,13 +94,17 @@ class PositionBasedModel:
         _check_rate("noise_floor", self.noise_floor)
         _check_rate("false_negative", self.false_negative)
 
-    def click_probability(self, grades: np.ndarray) -> np.ndarray:
+    def click_probability(self, grades: np.ndarray, activity: np.ndarray | None = None
+                          ) -> np.ndarray:
         grades = np.asarray(grades)
         theta = np.asarray(self.theta)[: grades.shape[-1]]
-        return theta * attractiveness(grades, self.noise_floor) * (1 - self.false_negative)
+        given_examined = _scaled(attractiveness(grades, self.noise_floor), activity)
+        return theta * given_examined * (1 - self.false_negative)
 
-    def sample(self, grades: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return rng.random(np.shape(grades), dtype=np.float32) < self.click_probability(grades)
+    def sample(self, grades: np.ndarray, rng: np.random.Generator,
+               activity: np.ndarray | None = None) -> np.ndarray:
+        return rng.random(np.shape(grades), dtype=np.float32) < self.click_probability(
+            grades, activity)
 
 
 @dataclass(frozen=True)
@@ -105,16 +120,20 @@ class CascadeModel:
         for name in ("noise_floor", "continue_after_click", "false_negative"):
             _check_rate(name, getattr(self, name))
 
-    def click_probability(self, grades: np.ndarray) -> np.ndarray:
-        attract = attractiveness(grades, self.noise_floor) * (1 - self.false_negative)
+    def click_probability(self, grades: np.ndarray, activity: np.ndarray | None = None
+                          ) -> np.ndarray:
+        attract = _scaled(attractiveness(grades, self.noise_floor), activity) \
+            * (1 - self.false_negative)
         # P(examined at p) = prod over q < p of (1 - a_q + a_q * continue).
         stay = 1 - attract + attract * self.continue_after_click
         examined = np.concatenate([np.ones_like(stay[..., :1]),
                                    np.cumprod(stay[..., :-1], axis=-1)], axis=-1)
         return examined * attract
 
-    def sample(self, grades: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        attract = attractiveness(grades, self.noise_floor) * (1 - self.false_negative)
+    def sample(self, grades: np.ndarray, rng: np.random.Generator,
+               activity: np.ndarray | None = None) -> np.ndarray:
+        attract = _scaled(attractiveness(grades, self.noise_floor), activity) \
+            * (1 - self.false_negative)
         n, k = attract.shape
         clicks = np.zeros((n, k), dtype=bool)
         scanning = np.ones(n, dtype=bool)
@@ -135,16 +154,18 @@ class TrustBiasModel:
     eps_minus: np.ndarray
     relevant_from: int = 2
 
-    def click_probability(self, grades: np.ndarray) -> np.ndarray:
+    def click_probability(self, grades: np.ndarray, activity: np.ndarray | None = None
+                          ) -> np.ndarray:
         grades = np.asarray(grades)
         k = grades.shape[-1]
         relevant = grades >= self.relevant_from
         given_examined = np.where(relevant, np.asarray(self.eps_plus)[:k],
                                   np.asarray(self.eps_minus)[:k])
-        return np.asarray(self.theta)[:k] * given_examined
+        return np.asarray(self.theta)[:k] * _scaled(given_examined, activity)
 
-    def sample(self, grades: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return rng.random(np.shape(grades)) < self.click_probability(grades)
+    def sample(self, grades: np.ndarray, rng: np.random.Generator,
+               activity: np.ndarray | None = None) -> np.ndarray:
+        return rng.random(np.shape(grades)) < self.click_probability(grades, activity)
 
     @classmethod
     def decaying(cls, k: int, eta: float = 1.0) -> TrustBiasModel:

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
+from simulation.hashing import hash_normal
 from simulation.world import World
 
 
@@ -64,6 +65,16 @@ class ScorePolicy:
 
 def popularity_policy(world: World) -> ScorePolicy:
     return ScorePolicy(lambda users, items: world.popularity[items], name="popularity")
+
+
+def noisy_oracle_policy(world: World, noise: float, salt: int = 0) -> ScorePolicy:
+    """True affinity plus noise of scale ``noise`` fixed per (user, item): a deterministic
+    ranker of known quality (less noise, better ranker), for planted comparisons."""
+    def score(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        pair = users.astype(np.int64) * world.n_items + items
+        return world.affinity(users, items) + noise * hash_normal(pair, salt)
+
+    return ScorePolicy(score, name=f"noisy-oracle-{noise:g}")
 
 
 def oracle_policy(world: World) -> ScorePolicy:

@@ -83,6 +83,7 @@ class SimulatedLog:
     reactions: np.ndarray  # index into REACTION_NAMES, -1 for none
     first_request: int = 0
     variant: str | None = None
+    candidates: np.ndarray | None = None  # (n, m), when simulate(keep_candidates=True)
 
     @property
     def n(self) -> int:
@@ -181,6 +182,7 @@ def simulate(
     seconds_between: float = 0.5,
     users: np.ndarray | None = None,
     chunk: int = 20_000,
+    keep_candidates: bool = False,
 ) -> SimulatedLog:
     """Simulate ``n`` impressions of ``k`` slots each (see the module doc).
 
@@ -198,15 +200,17 @@ def simulate(
         pool = sample_candidates(world, len(part_users), m, part_rng, candidate_exponent)
         slates, propensity = policy.rank_batch(part_users, pool, k, part_rng)
         grades = world.relevance(part_users[:, None], slates)
-        clicks = click_model.sample(grades, part_rng)
+        activity = world.user_activity[part_users] if world.activity_spread else None
+        clicks = click_model.sample(grades, part_rng, activity)
         dwell = np.zeros(grades.shape, dtype=np.float32)
         mean = 5.0 + 40.0 * grades[clicks] / MAX_GRADE
         dwell[clicks] = part_rng.lognormal(np.log(mean), 0.5)
         parts.append((slates, propensity, grades, clicks, dwell,
-                      _reactions(grades, clicks, part_rng)))
-    slates, propensity, grades, clicks, dwell, reactions = (
+                      _reactions(grades, clicks, part_rng), pool))
+    slates, propensity, grades, clicks, dwell, reactions, pools = (
         np.concatenate(arrays) for arrays in zip(*parts, strict=True))
     ts = start_ts + seconds_between * np.arange(first_request, first_request + n)
     return SimulatedLog(policy=policy.name, users=users, ts=ts, slates=slates,
                         propensity=propensity, grades=grades, clicks=clicks, dwell=dwell,
-                        reactions=reactions, first_request=first_request)
+                        reactions=reactions, first_request=first_request,
+                        candidates=pools if keep_candidates else None)

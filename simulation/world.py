@@ -2,7 +2,8 @@
 
 Items have a category, a brand and two attributes (colour, material), a title composed from
 those words, a popularity (Zipf), and a latent vector. Users have latent preferences
-(low-rank) and a taste for popular items. The true relevance of a user-item pair is a
+(low-rank), a taste for popular items, and an activity level (how readily they click; all
+alike unless ``activity_spread`` > 0). The true relevance of a user-item pair is a
 grade 0..4 obtained by cutting the affinity ``<u, v> + popularity_weight * log(popularity)``
 at fixed quantiles of its distribution, so grades have the same shares in every world
 (``GRADE_SHARES``). Everything is a pure function of the seed and vectorized: a world of
@@ -42,6 +43,8 @@ class World:
     rank: int = 16
     popularity_exponent: float = 1.1
     popularity_weight: float = 0.3
+    #: Spread (log-normal sigma) of how readily users click: 0 makes every user alike.
+    activity_spread: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -84,6 +87,12 @@ class World:
         own = rng.normal(scale=0.7, size=(self.n_items, self.rank)).astype(np.float32)
         vectors = centres[self.category] + own
         return vectors / np.sqrt(self.rank)
+
+    @cached_property
+    def user_activity(self) -> np.ndarray:
+        """Per-user multiplier of P(click | examined), log-normal with mean 1."""
+        sigma = self.activity_spread
+        return self._rng(9).lognormal(-sigma**2 / 2, sigma, self.n_users).astype(np.float32)
 
     @cached_property
     def user_vectors(self) -> np.ndarray:

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from simulation.ab import ABTest, interleave, welch_test
+from simulation.clicks import PositionBasedModel, examination
+from simulation.hashing import hash_bucket
+from simulation.policies import noisy_oracle_policy, oracle_policy, popularity_policy
+from simulation.world import World
+
+MODEL = PositionBasedModel(examination(10), noise_floor=0.1)
+
+
+def test_hashed_assignment_is_stable_balanced_and_salted() -> None:
+    users = np.arange(100_000)
+    buckets = hash_bucket(users, 3, salt=1)
+    assert np.array_equal(buckets, hash_bucket(users, 3, salt=1))
+    assert np.allclose(np.bincount(buckets) / len(users), 1 / 3, atol=0.01)
+    assert (buckets != hash_bucket(users, 3, salt=2)).mean() > 0.5
+
+
+def test_welch_test_finds_a_planted_difference_and_not_a_null_one() -> None:
+    rng = np.random.default_rng(0)
+    planted = welch_test(rng.normal(0, 1, 5000), rng.normal(0.1, 1, 5000))
+    assert planted.significant and planted.ci_low < 0.1 < planted.ci_high
+    false_alarms = sum(welch_test(rng.normal(size=500), rng.normal(size=500)).significant
+                       for _ in range(400))
+    assert false_alarms / 400 < 0.05 + 3 * np.sqrt(0.05 * 0.95 / 400)  # alpha, within 3 SE
+    assert planted.mde == pytest.approx(2.8 * np.sqrt(2 / 5000), rel=0.1)
+
+
+def test_ab_run_reports_metrics_over_time_and_the_oracle_has_no_regret() -> None:
+    world = World(n_items=3000, n_users=2000, seed=2)
+    result = ABTest(world, MODEL, {"popularity": popularity_policy(world),
+                                   "oracle": oracle_policy(world)}).run(3, 6000, seed=1)
+    over_time = result.over_time()
+    assert over_time.height == 6 and set(over_time["variant"]) == {"popularity", "oracle"}
+    oracle = result.impressions.filter(pl.col("variant") == "oracle")
+    assert oracle["regret"].abs().max() < 1e-9 and oracle["ndcg"].min() == pytest.approx(1.0)
+    assert result.test("ndcg", "oracle").difference > 0
+    with pytest.raises(ValueError, match="metric='ctr@5'"):
+        result.test("ctr@5", "oracle")
+
+
+def test_interleaving_detects_a_slightly_better_ranker_more_often_than_ab() -> None:
+    """The known result (Chapelle et al. 2012): at equal traffic, team-draft interleaving
+    finds a planted small improvement more often than an A/B test, because every user sees
+    both rankers and user-to-user differences cancel. Measured here over 40 seeds: 0.825 vs
+    0.625."""
+    world = World(n_items=5000, n_users=3000, seed=1, activity_spread=1.0)
+    worse, better = noisy_oracle_policy(world, 1.0, salt=1), noisy_oracle_policy(world, 0.7,
+                                                                                  salt=2)
+    traffic, seeds = 6000, 40
+    ab_hits = interleaving_hits = 0
+    for seed in range(seeds):
+        ab = ABTest(world, MODEL, {"A": worse, "B": better}, salt=seed).run(1, traffic, seed)
+        test = ab.test("clicks", "B")
+        ab_hits += test.p_value < 0.05 and test.difference > 0
+        il = interleave(world, worse, better, MODEL, n=traffic, seed=seed)
+        interleaving_hits += il.p_value < 0.05 and il.win_rate_b > 0.5
+    assert interleaving_hits / seeds >= ab_hits / seeds + 0.1
