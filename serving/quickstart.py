@@ -27,11 +27,11 @@ from rich.table import Table  # noqa: E402
 from ingest.broker import EmbeddedBroker  # noqa: E402
 from ingest.consumer import EventConsumer  # noqa: E402
 from ingest.dlq import read_dead_letters  # noqa: E402
+from ingest.frames import frames_in_time_order  # noqa: E402
 from ingest.joins import join_log  # noqa: E402
 from ingest.logstore import ParquetLogStore  # noqa: E402
 from ingest.producer import EventProducer  # noqa: E402
 from ingest.settings import Settings  # noqa: E402
-from ingest.frames import frames_in_time_order  # noqa: E402
 from simulation.clicks import PositionBasedModel, examination  # noqa: E402
 from simulation.policies import UniformRandomPolicy  # noqa: E402
 from simulation.simulator import simulate  # noqa: E402

@@ -25,8 +25,8 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from ranking.metrics import ndcg_at_k
 from ranking.interleaving import InterleavingResult, credit, team_draft
+from ranking.metrics import ndcg_at_k
 from simulation.clicks import ClickModel
 from simulation.hashing import hash_bucket
 from simulation.policies import BatchPolicy, oracle_policy
