@@ -22,7 +22,7 @@ from ingest.codec import encode
 from ingest.events import Event
 from ingest.journal import Journal, Record
 from ingest.settings import Settings
-from ingest.transport import ProducerClient, TransportError, ensure_topics, make_producer
+from ingest.transport import ProducerClient, ensure_topics, make_producer
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class EventProducer:
         try:
             ensure_topics(self.bootstrap, {self.topic: self.partitions}, self.timeout_s)
             self._client = make_producer(self.settings.kafka, self.bootstrap, self.timeout_s)
-        except (TransportError, Exception) as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - TransportError or any client failure
             self._failed(f"connect ({exc})", 0)
             return False
         self._backoff_s = 0.25

@@ -35,22 +35,23 @@ def _required(field: str) -> pl.Expr:
         pl.lit(f"{field} is required ({FIELD_RULES[field]})"))
 
 
-def _text(field: str, value: pl.Expr, max_chars: int, label: pl.Expr | str | None = None
+def _name(field: str, label: pl.Expr | None) -> pl.Expr:
+    """How a reason names the value: the field, or a computed path such as ``slots[2].x``."""
+    return pl.lit(field) if label is None else label
+
+
+def _text(field: str, value: pl.Expr, max_chars: int, label: pl.Expr | None = None
           ) -> pl.Expr:
     length = value.str.len_chars()
-    name = label if label is not None else field
-    template = "{}='{}' " + FIELD_RULES[field]
     return pl.when((length < 1) | (length > max_chars)).then(
-        pl.format(template, pl.lit(name) if isinstance(name, str) else name, value))
+        pl.format("{}='{}' " + FIELD_RULES[field], _name(field, label), value))
 
 
-def _number(field: str, value: pl.Expr, ok: pl.Expr, label: pl.Expr | str | None = None
+def _number(field: str, value: pl.Expr, ok: pl.Expr, label: pl.Expr | None = None
             ) -> pl.Expr:
-    name = label if label is not None else field
     finite = value.cast(pl.Float64).is_finite()
     return pl.when(~(ok & finite)).then(
-        pl.format("{}={} " + FIELD_RULES[field], pl.lit(name) if isinstance(name, str)
-                  else name, value))
+        pl.format("{}={} " + FIELD_RULES[field], _name(field, label), value))
 
 
 def _slot_reasons(frame: pl.DataFrame) -> pl.DataFrame:

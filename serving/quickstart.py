@@ -81,17 +81,17 @@ def run_quickstart(settings: Settings, *, impressions: int, workdir: str | Path,
 
         # Every BAD_EVERY-th good message is followed by a malformed one and, as a retrying
         # client would, by a second copy of itself.
-        planted = resent = 0
+        stream = []
+        for index, record in enumerate(records):
+            stream.append(record)
+            if index % BAD_EVERY == BAD_EVERY - 1:
+                bad = BAD_KINDS[(index // BAD_EVERY) % len(BAD_KINDS)]
+                stream += [(b"bad", bad, None), record]
+        produced = len(records)
+        planted = resent = (len(stream) - produced) // 2  # one bad and one copy each
         with console.status("producing the simulated events…"), \
                 EventProducer(settings, bootstrap) as producer:
-            for index, record in enumerate(records):
-                producer.send_raw([record])
-                if index % BAD_EVERY == BAD_EVERY - 1:
-                    producer.send_raw([(b"bad", BAD_KINDS[planted % len(BAD_KINDS)], None),
-                                       record])
-                    planted += 1
-                    resent += 1
-        produced = len(records)
+            producer.send_raw(stream)
         total = produced + planted + resent
         console.print(f"produced {produced:,} events, {planted:,} malformed, "
                       f"{resent:,} duplicates → topic {kafka.topic}")

@@ -82,7 +82,6 @@ class SimulatedLog:
     dwell: np.ndarray
     reactions: np.ndarray  # index into REACTION_NAMES, -1 for none
     first_request: int = 0
-    variant: str | None = None
     candidates: np.ndarray | None = None  # (n, m), when simulate(keep_candidates=True)
 
     @property
@@ -112,7 +111,7 @@ class SimulatedLog:
         impressions = base.select(
             event_id=request_id + "-imp", ts="ts", user_id=user_id, request_id=request_id,
             slots=slots.cast(pl.List(slots.dtype.inner)), policy=pl.lit(self.policy),
-            experiment=pl.lit(None, pl.String), variant=pl.lit(self.variant, pl.String),
+            experiment=pl.lit(None, pl.String), variant=pl.lit(None, pl.String),
             query=pl.lit(None, pl.String), context=pl.lit(None, pl.String),
         ).cast(SCHEMAS["impression"])
         row, position = np.nonzero(self.clicks)

@@ -83,7 +83,7 @@ def test_oversized_payload_is_rejected_before_parsing() -> None:
 
 def test_decode_batch_isolates_bad_messages() -> None:
     good = [encode(e) for e in VALID]
-    # '1],[2' would split one message into two array elements: the count check catches it.
+    # A message holding two JSON objects is one bad message, not two events.
     raws = [good[0], b"{broken", good[1], b'{"a":1},{"b":2}', good[2], b"x" * 50]
     events, rejected = decode_batch(raws, max_bytes=40_000)
     assert [r.index for r in rejected] == [1, 3, 5]
