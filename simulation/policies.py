@@ -4,7 +4,7 @@ A batch policy ranks the candidates of many requests at once::
 
     slates, propensity = policy.rank_batch(users, candidates, k, rng)
 
-``candidates`` has shape (n, m); the result holds candidate *indices into the catalog*,
+``candidates`` has shape (n, m), each row ordered as retrieval gave it; the result holds candidate *indices into the catalog*,
 shape (n, k), and the probability that the policy put that item at that position given the
 candidates. Deterministic policies report 1 (DESIGN.md: a policy never reports a propensity
 it did not compute).
@@ -12,21 +12,26 @@ it did not compute).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from ranking.slate import RankingPolicy, Slate, SlateError
 from simulation.hashing import hash_normal
 from simulation.world import World
+
+#: Per-request values beyond the user, one sequence per key (e.g. ``{"query": [...]}``).
+Context = Mapping[str, Sequence[Any]]
 
 
 class BatchPolicy(Protocol):
     name: str
 
     def rank_batch(self, users: np.ndarray, candidates: np.ndarray, k: int,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]: ...
+                   rng: np.random.Generator, context: Context | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def _check_k(candidates: np.ndarray, k: int) -> None:
@@ -42,7 +47,8 @@ class UniformRandomPolicy:
     name: str = "uniform-random"
 
     def rank_batch(self, users: np.ndarray, candidates: np.ndarray, k: int,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                   rng: np.random.Generator, context: Context | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
         _check_k(candidates, k)
         slates = rng.permuted(candidates, axis=1)[:, :k]
         return slates, np.full(slates.shape, 1.0 / candidates.shape[1])
@@ -56,7 +62,8 @@ class ScorePolicy:
     name: str = "score"
 
     def rank_batch(self, users: np.ndarray, candidates: np.ndarray, k: int,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                   rng: np.random.Generator, context: Context | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
         _check_k(candidates, k)
         scores = self.score(users[:, None], candidates)
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -99,10 +106,96 @@ class EpsilonGreedyPolicy:
         return f"epsilon-greedy-{self.epsilon:g}({self.base.name})"
 
     def rank_batch(self, users: np.ndarray, candidates: np.ndarray, k: int,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        greedy, _ = self.base.rank_batch(users, candidates, k, rng)
+                   rng: np.random.Generator, context: Context | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        greedy, _ = self.base.rank_batch(users, candidates, k, rng, context)
         random, _ = UniformRandomPolicy().rank_batch(users, candidates, k, rng)
         explore = rng.random(len(users)) < self.epsilon
         slates = np.where(explore[:, None], random, greedy)
         propensity = (1 - self.epsilon) * (slates == greedy) + self.epsilon / candidates.shape[1]
         return slates, propensity
+
+
+@dataclass(frozen=True)
+class RetrievalOrderPolicy:
+    """Deterministic: the first k candidates in the order retrieval gave them."""
+
+    name: str = "retrieval"
+
+    def rank_batch(self, users: np.ndarray, candidates: np.ndarray, k: int,
+                   rng: np.random.Generator, context: Context | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        _check_k(candidates, k)
+        return candidates[:, :k], np.ones((len(users), k))
+
+
+def user_id(user: int) -> str:
+    return f"u{user}"
+
+
+def item_id(item: int) -> str:
+    return f"i{item}"
+
+
+def item_index(item: str) -> int:
+    if not item.startswith("i") or not item[1:].isdigit():
+        raise SlateError(f"item_id={item!r} is not a catalog id (i<number>)")
+    return int(item[1:])
+
+
+@dataclass(frozen=True)
+class PerRequestPolicy:
+    """Drives a :class:`ranking.slate.RankingPolicy` one request at a time, as serving
+    would: ``context`` holds ``user_id`` and the request's context values, candidates and
+    slates are item ids. Every slate is checked against the contract before it is used."""
+
+    policy: RankingPolicy
+
+    @property
+    def name(self) -> str:
+        return self.policy.name
+
+    def rank_batch(self, users: np.ndarray, candidates: np.ndarray, k: int,
+                   rng: np.random.Generator, context: Context | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        _check_k(candidates, k)
+        slates = np.empty((len(users), k), dtype=candidates.dtype)
+        propensity = np.empty((len(users), k))
+        extra = context or {}
+        for row, user in enumerate(users):  # one request each: the policy's own protocol
+            ids = [item_id(j) for j in candidates[row]]
+            request = {"user_id": user_id(int(user)),
+                       **{key: values[row] for key, values in extra.items()}}
+            try:
+                slate = self.policy.rank(request, ids, k).check(ids, k)
+            except SlateError as error:
+                raise SlateError(f"policy {self.policy.name!r}, request {row}: {error}") \
+                    from None
+            slates[row] = [item_index(item) for item in slate.items]
+            propensity[row] = slate.propensities
+        return slates, propensity
+
+
+@dataclass
+class BatchAsRankingPolicy:
+    """A batch policy answering one request at a time (to serve a simulated policy over
+    HTTP). Context values other than ``user_id`` are passed on as one-element sequences."""
+
+    policy: BatchPolicy
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.name = self.policy.name
+        self._rng = np.random.default_rng(self.seed)
+
+    def rank(self, context: Mapping[str, Any], candidates: Sequence[str], k: int) -> Slate:
+        user = context.get("user_id", "")
+        if not isinstance(user, str) or not user.startswith("u") or not user[1:].isdigit():
+            raise SlateError(f"user_id={user!r} is not a simulated user id (u<number>)")
+        pool = np.array([[item_index(item) for item in candidates]])
+        extra = {key: [value] for key, value in context.items() if key != "user_id"}
+        k = min(k, pool.shape[1])
+        slates, propensity = self.policy.rank_batch(np.array([int(user[1:])]), pool, k,
+                                                    self._rng, extra)
+        return Slate([item_id(j) for j in slates[0]], propensity[0].tolist(),
+                     list(range(k, 0, -1)))

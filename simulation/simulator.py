@@ -14,6 +14,7 @@ grade; unclicked slots are sometimes hidden or skipped.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,6 +84,7 @@ class SimulatedLog:
     reactions: np.ndarray  # index into REACTION_NAMES, -1 for none
     first_request: int = 0
     candidates: np.ndarray | None = None  # (n, m), when simulate(keep_candidates=True)
+    queries: Sequence[str] | None = None  # the query each impression answered, if any
 
     @property
     def n(self) -> int:
@@ -107,13 +109,19 @@ class SimulatedLog:
         }).select(item_id=pl.lit("i") + pl.col("item").cast(pl.String),
                   position="position", score="score", propensity="propensity")
         slots = flat.select(pl.struct(pl.all()).alias("slots"))["slots"].reshape((n, k))
-        base = pl.DataFrame({"request": request, "user": self.users, "ts": self.ts})
+        base = pl.DataFrame({"request": request, "user": self.users, "ts": self.ts}).with_columns(
+            query=pl.Series(self.queries, dtype=pl.String) if self.queries is not None
+            else pl.lit(None, pl.String))
         impressions = base.select(
             event_id=request_id + "-imp", ts="ts", user_id=user_id, request_id=request_id,
             slots=slots.cast(pl.List(slots.dtype.inner)), policy=pl.lit(self.policy),
             experiment=pl.lit(None, pl.String), variant=pl.lit(None, pl.String),
-            query=pl.lit(None, pl.String), context=pl.lit(None, pl.String),
+            query="query", context=pl.lit(None, pl.String),
         ).cast(SCHEMAS["impression"])
+        # The query is typed just before the impression that answers it.
+        queries = base.filter(pl.col("query").is_not_null()).select(
+            event_id=request_id + "-q", ts=pl.col("ts") - 0.25, user_id=user_id,
+            request_id=request_id, query="query").cast(SCHEMAS["query"])
         row, position = np.nonzero(self.clicks)
         clicked = pl.DataFrame({
             "request": request.gather(row), "user": self.users[row],
@@ -138,6 +146,7 @@ class SimulatedLog:
             "click": clicks.select(list(SCHEMAS["click"])).cast(SCHEMAS["click"]),
             "dwell": dwells.select(list(SCHEMAS["dwell"])).cast(SCHEMAS["dwell"]),
             "reaction": reactions.select(list(SCHEMAS["reaction"])).cast(SCHEMAS["reaction"]),
+            **({"query": queries} if self.queries is not None else {}),
         }
 
 
@@ -164,6 +173,18 @@ def _reactions(grades: np.ndarray, clicks: np.ndarray, rng: np.random.Generator
     kind = (draw[reacts][:, None] >= _BOUNDS[c, g]).sum(axis=1, dtype=np.int8)
     reactions[reacts] = kind + _OFFSET[c]
     return reactions
+
+
+def respond(world: World, click_model: ClickModel, users: np.ndarray, grades: np.ndarray,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What users do with slates of these true grades: clicks, dwell seconds on clicked
+    slots (log-normal, longer for better items) and reactions."""
+    activity = world.user_activity[users] if world.activity_spread else None
+    clicks = click_model.sample(grades, rng, activity)
+    dwell = np.zeros(grades.shape, dtype=np.float32)
+    mean = 5.0 + 40.0 * grades[clicks] / MAX_GRADE
+    dwell[clicks] = rng.lognormal(np.log(mean), 0.5)
+    return clicks, dwell, _reactions(grades, clicks, rng)
 
 
 def simulate(
@@ -199,13 +220,8 @@ def simulate(
         pool = sample_candidates(world, len(part_users), m, part_rng, candidate_exponent)
         slates, propensity = policy.rank_batch(part_users, pool, k, part_rng)
         grades = world.relevance(part_users[:, None], slates)
-        activity = world.user_activity[part_users] if world.activity_spread else None
-        clicks = click_model.sample(grades, part_rng, activity)
-        dwell = np.zeros(grades.shape, dtype=np.float32)
-        mean = 5.0 + 40.0 * grades[clicks] / MAX_GRADE
-        dwell[clicks] = part_rng.lognormal(np.log(mean), 0.5)
-        parts.append((slates, propensity, grades, clicks, dwell,
-                      _reactions(grades, clicks, part_rng), pool))
+        parts.append((slates, propensity, grades,
+                      *respond(world, click_model, part_users, grades, part_rng), pool))
     slates, propensity, grades, clicks, dwell, reactions, pools = (
         np.concatenate(arrays) for arrays in zip(*parts, strict=True))
     ts = start_ts + seconds_between * np.arange(first_request, first_request + n)
