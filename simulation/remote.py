@@ -1,0 +1,81 @@
+"""A ranking policy behind an HTTP endpoint, driven by the simulator like any other.
+
+``HttpPolicy("http://127.0.0.1:8000")`` implements :class:`ranking.slate.RankingPolicy` by
+posting each request to ``{base_url}/rank`` (the protocol of :mod:`serving.app`) over one
+kept-alive connection; wrap it in :class:`simulation.policies.PerRequestPolicy` to put it in
+``simulate`` or ``simulate_search``.
+"""
+
+from __future__ import annotations
+
+import http.client
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+
+from ranking.slate import Slate
+
+
+class RemotePolicyError(RuntimeError):
+    """The endpoint could not be reached or refused a request; the message says which."""
+
+
+class _Answer(msgspec.Struct):
+    items: list[str]
+    propensities: list[float]
+    scores: list[float] | None = None
+    policy: str | None = None
+
+
+class HttpPolicy:
+    def __init__(self, base_url: str, timeout_s: float = 10.0, name: str | None = None) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"base_url={base_url!r} must look like http://host:port")
+        self.base_url = base_url.rstrip("/")
+        self.name = name or f"http:{self.base_url}"
+        self._path = parts.path.rstrip("/") + "/rank"
+        connection = (http.client.HTTPSConnection if parts.scheme == "https"
+                      else http.client.HTTPConnection)
+        self._connection = connection(parts.hostname, parts.port, timeout=timeout_s)
+        self._encode = msgspec.json.Encoder().encode
+        self._decode = msgspec.json.Decoder(_Answer).decode
+
+    def rank(self, context: Mapping[str, Any], candidates: Sequence[str], k: int) -> Slate:
+        body = self._encode({"context": dict(context), "candidates": list(candidates), "k": k})
+        status, payload = self._post(body)
+        if status != 200:
+            raise RemotePolicyError(f"POST {self.base_url}/rank answered {status}: "
+                                    f"{payload[:2000].decode(errors='replace')}")
+        try:
+            answer = self._decode(payload)
+        except msgspec.ValidationError as error:
+            raise RemotePolicyError(f"POST {self.base_url}/rank: the answer is not a slate: "
+                                    f"{error}") from None
+        return Slate(answer.items, answer.propensities, answer.scores)
+
+    def _post(self, body: bytes) -> tuple[int, bytes]:
+        headers = {"Content-Type": "application/json"}
+        try:
+            return self._exchange(body, headers)
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            # The server closed the kept-alive connection between two requests: once more.
+            self._connection.close()
+        try:
+            return self._exchange(body, headers)
+        except (OSError, http.client.HTTPException) as error:  # refused, timeouts, resets
+            self._connection.close()
+            raise RemotePolicyError(f"POST {self.base_url}/rank failed: {error}") from None
+
+    def _exchange(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        try:
+            self._connection.request("POST", self._path, body, headers)
+            response = self._connection.getresponse()
+            return response.status, response.read()
+        except ConnectionRefusedError as error:
+            raise RemotePolicyError(f"POST {self.base_url}/rank failed: {error}") from None
+
+    def close(self) -> None:
+        self._connection.close()
