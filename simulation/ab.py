@@ -89,9 +89,32 @@ class ABResult:
             .sort("variant", "round")
             .with_columns(cumulative_regret=pl.col("regret_sum").cum_sum().over("variant")))
 
-    def test(self, metric: str, variant: str, alpha: float = 0.05) -> WelchTest:
+    def cumulative(self, metric: str, alpha: float = 0.05) -> pl.DataFrame:
+        """By variant and round: impressions so far, the running ``total`` of the metric and
+        its ``mean`` per impression, each with a normal-approximation (1 - alpha) interval
+        (the per-impression variance of all rounds so far; rounds are independent)."""
+        self._check(metric)
+        z = float(stats.norm.ppf(1 - alpha / 2))
+        return (self.impressions.group_by("variant", "round").agg(
+            n=pl.len(), total=pl.col(metric).sum(), squares=(pl.col(metric) ** 2).sum())
+            .sort("variant", "round")
+            .with_columns(pl.col("n", "total", "squares").cum_sum().over("variant"))
+            .with_columns(mean=pl.col("total") / pl.col("n"))
+            .with_columns(variance=(pl.col("squares") / pl.col("n") - pl.col("mean") ** 2)
+                          .clip(lower_bound=0.0))
+            .with_columns(half=z * (pl.col("variance") * pl.col("n")).sqrt())
+            .select("variant", "round", impressions="n", total="total",
+                    total_low=pl.col("total") - pl.col("half"),
+                    total_high=pl.col("total") + pl.col("half"), mean="mean",
+                    mean_low=pl.col("mean") - pl.col("half") / pl.col("n"),
+                    mean_high=pl.col("mean") + pl.col("half") / pl.col("n")))
+
+    def _check(self, metric: str) -> None:
         if metric not in METRICS:
             raise ValueError(f"metric={metric!r} is not one of {', '.join(METRICS)}")
+
+    def test(self, metric: str, variant: str, alpha: float = 0.05) -> WelchTest:
+        self._check(metric)
         values = {v: self.impressions.filter(pl.col("variant") == v)[metric].to_numpy()
                   for v in (self.control, variant)}
         return welch_test(values[self.control], values[variant], alpha)

@@ -45,10 +45,16 @@ def sample_candidates(world: World, n: int, m: int, rng: np.random.Generator,
 
     Draws with replacement from the world's alias table (O(1) a draw); the rare repeats
     within a row are replaced by uniform items, which keeps rows distinct at a negligible
-    change of law.
+    change of law. When ``m`` is more than half the catalog, repeats would not be rare:
+    rows are then drawn without replacement by Gumbel top-m keys (Efraimidis and Spirakis,
+    "Weighted random sampling with a reservoir", IPL 2006), O(catalog) per row.
     """
     if m > world.n_items:
         raise ValueError(f"m={m} candidates exceed the catalog of {world.n_items} items")
+    if 2 * m > world.n_items:
+        keys = exponent * np.log(world.popularity) + rng.gumbel(size=(n, world.n_items))
+        return np.argpartition(-keys, m - 1, axis=1)[:, :m] if m < world.n_items \
+            else np.argsort(-keys, axis=1)
     draw = world.popularity_sampler(exponent)
     drawn = draw(rng, (n, m))
     for _ in range(100):

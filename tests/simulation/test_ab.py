@@ -61,3 +61,23 @@ def test_interleaving_detects_a_slightly_better_ranker_more_often_than_ab() -> N
         il = interleave(world, worse, better, MODEL, n=traffic, seed=seed)
         interleaving_hits += il.p_value < 0.05 and il.win_rate_b > 0.5
     assert interleaving_hits / seeds >= ab_hits / seeds + 0.1
+
+
+def test_cumulative_curves_have_intervals_that_cover_and_shrink() -> None:
+    world = World(n_items=2000, n_users=2000, seed=3)
+    result = ABTest(world, MODEL, {"popularity": popularity_policy(world),
+                                   "noisy": noisy_oracle_policy(world, 1.0)}).run(8, 4000)
+    curve = result.cumulative("clicks").filter(pl.col("variant") == "noisy")
+    values = result.impressions.filter(pl.col("variant") == "noisy")["clicks"]
+    last = curve.row(-1, named=True)
+    assert last["impressions"] == len(values)
+    assert last["total"] == pytest.approx(values.sum()) and last["mean"] == pytest.approx(
+        values.mean())
+    half = (last["mean_high"] - last["mean_low"]) / 2
+    assert half == pytest.approx(1.96 * values.std(ddof=0) / np.sqrt(len(values)), rel=1e-3)
+    widths = (curve["mean_high"] - curve["mean_low"]).to_numpy()
+    assert np.all(np.diff(widths) < 0)  # more traffic, narrower interval
+    # 8 rounds of one seed: the running mean's interval holds the final mean throughout.
+    assert (curve["mean_low"] <= last["mean"]).all() and (curve["mean_high"] >= last["mean"]).all()
+    with pytest.raises(ValueError, match="metric='reward'"):
+        result.cumulative("reward")

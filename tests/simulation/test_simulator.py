@@ -101,3 +101,14 @@ def test_reaction_rates_follow_the_tables() -> None:
                 p = probabilities[grade]
                 rate = (log.reactions[cell] == offset + index).mean()
                 assert abs(rate - p) <= 5 * np.sqrt(max(p, 1e-4) * (1 - p) / cell.sum())
+
+
+def test_candidates_can_be_most_or_all_of_a_small_catalog() -> None:
+    world = World(n_items=80, n_users=10, seed=1)
+    for m in (50, 80):
+        pool = sample_candidates(world, 3000, m, np.random.default_rng(m))
+        assert pool.shape == (3000, m) and all(len(set(row)) == m for row in pool)
+    # Without replacement, by weight: the most popular item is in nearly every row of 50.
+    top = int(np.argmax(world.popularity))
+    assert (sample_candidates(world, 2000, 50, np.random.default_rng(1)) == top).any(
+        axis=1).mean() > 0.99
