@@ -150,6 +150,8 @@ class PerRequestPolicy:
     slates are item ids. Every slate is checked against the contract before it is used."""
 
     policy: RankingPolicy
+    #: One request after another, as a client of one endpoint would send them.
+    thread_safe = False
 
     @property
     def name(self) -> str:

@@ -15,6 +15,7 @@ grade; unclicked slots are sometimes hidden or skipped.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -209,29 +210,55 @@ def simulate(
     users: np.ndarray | None = None,
     chunk: int = 20_000,
     keep_candidates: bool = False,
+    workers: int = 1,
 ) -> SimulatedLog:
     """Simulate ``n`` impressions of ``k`` slots each (see the module doc).
 
     Work is done in chunks of ``chunk`` impressions, so the intermediate arrays stay in
-    cache. A run is reproducible for a given ``seed`` and ``chunk``.
+    cache, each chunk with its own random stream: a run is reproducible for a given
+    ``seed`` and ``chunk`` whatever ``workers`` is. With ``workers`` > 1 chunks run on that
+    many threads (NumPy releases the GIL in the heavy steps); the policy must then be safe
+    to call from several threads, as every policy in :mod:`simulation.policies` is except
+    :class:`~simulation.policies.PerRequestPolicy`, which refuses.
     """
+    if n < 0 or chunk < 1 or workers < 1:
+        raise ValueError(f"n={n}, chunk={chunk}, workers={workers}: need n >= 0 and "
+                         "chunk, workers >= 1")
+    if workers > 1 and not getattr(policy, "thread_safe", True):
+        raise ValueError(f"workers={workers}: policy {policy.name!r} must be called from one "
+                         "thread; use workers=1")
     rng = np.random.default_rng([seed, first_request])
     m = candidates or 2 * k
     if users is None:
         users = rng.integers(0, world.n_users, n)
-    parts = []
-    for start in range(0, n, chunk):
+    slates = np.empty((n, k), dtype=np.int64)
+    propensity = np.empty((n, k))
+    grades = np.empty((n, k), dtype=np.int8)
+    clicks = np.empty((n, k), dtype=bool)
+    dwell = np.empty((n, k), dtype=np.float32)
+    reactions = np.empty((n, k), dtype=np.int8)
+    pools = np.empty((n, m), dtype=np.int64) if keep_candidates else None
+
+    def run(start: int) -> None:
+        part = slice(start, min(start + chunk, n))
         part_rng = np.random.default_rng([seed, first_request, start])
-        part_users = users[start:start + chunk]
+        part_users = users[part]
         pool = sample_candidates(world, len(part_users), m, part_rng, candidate_exponent)
-        slates, propensity = policy.rank_batch(part_users, pool, k, part_rng)
-        grades = world.relevance(part_users[:, None], slates)
-        parts.append((slates, propensity, grades,
-                      *respond(world, click_model, part_users, grades, part_rng), pool))
-    slates, propensity, grades, clicks, dwell, reactions, pools = (
-        np.concatenate(arrays) for arrays in zip(*parts, strict=True))
+        slates[part], propensity[part] = policy.rank_batch(part_users, pool, k, part_rng)
+        grades[part] = world.relevance(part_users[:, None], slates[part])
+        clicks[part], dwell[part], reactions[part] = respond(
+            world, click_model, part_users, grades[part], part_rng)
+        if pools is not None:
+            pools[part] = pool
+
+    starts = range(0, n, chunk)
+    if workers == 1 or len(starts) == 1:
+        for start in starts:
+            run(start)
+    else:
+        with ThreadPoolExecutor(workers) as pool_of_threads:
+            list(pool_of_threads.map(run, starts))  # list(): re-raise a worker's error
     ts = start_ts + seconds_between * np.arange(first_request, first_request + n)
     return SimulatedLog(policy=policy.name, users=users, ts=ts, slates=slates,
                         propensity=propensity, grades=grades, clicks=clicks, dwell=dwell,
-                        reactions=reactions, first_request=first_request,
-                        candidates=pools if keep_candidates else None)
+                        reactions=reactions, first_request=first_request, candidates=pools)

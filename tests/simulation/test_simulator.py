@@ -112,3 +112,16 @@ def test_candidates_can_be_most_or_all_of_a_small_catalog() -> None:
     top = int(np.argmax(world.popularity))
     assert (sample_candidates(world, 2000, 50, np.random.default_rng(1)) == top).any(
         axis=1).mean() > 0.99
+
+
+def test_threads_give_the_same_log_and_a_one_at_a_time_policy_refuses_them() -> None:
+    policy = EpsilonGreedyPolicy(popularity_policy(WORLD), 0.3)
+    one = simulate(WORLD, policy, MODEL, n=10_000, k=5, seed=4, chunk=1000)
+    two = simulate(WORLD, policy, MODEL, n=10_000, k=5, seed=4, chunk=1000, workers=2)
+    for name in ("slates", "propensity", "grades", "clicks", "dwell", "reactions"):
+        assert np.array_equal(getattr(one, name), getattr(two, name)), name
+    from simulation.policies import BatchAsRankingPolicy, PerRequestPolicy
+
+    per_request = PerRequestPolicy(BatchAsRankingPolicy(policy))
+    with pytest.raises(ValueError, match="must be called from one thread"):
+        simulate(WORLD, per_request, MODEL, n=10, k=5, workers=2)
