@@ -111,11 +111,13 @@ class World:
             # One user per row of slots, the simulator's case: an explicit einsum over blocks
             # of rows that stay in cache (one gather of all item vectors would be n*k*d
             # floats of fresh memory); benchmarks/simulation.py measures the whole step.
+            # (np.take gathers rows several times faster than fancy indexing here.)
             dot = np.empty(items.shape, dtype=np.float32)
             for start in range(0, len(items), 4096):
                 block = slice(start, start + 4096)
-                dot[block] = np.einsum("nd,nkd->nk", self.user_vectors[users[block, 0]],
-                                       self.item_vectors[items[block]])
+                dot[block] = np.einsum("nd,nkd->nk",
+                                       np.take(self.user_vectors, users[block, 0], axis=0),
+                                       np.take(self.item_vectors, items[block], axis=0))
         else:
             dot = (self.user_vectors[users] * self.item_vectors[items]).sum(axis=-1)
         return dot + self.popularity_bonus[items]
