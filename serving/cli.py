@@ -180,6 +180,73 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from collections.abc import Iterator
+
+    from ingest.frames import EventFrames
+    from ingest.producer import EventProducer
+    from ingest.replay import KafkaTarget, ParquetTarget, replay
+    from simulation.clicks import PositionBasedModel, examination
+    from simulation.policies import (
+        EpsilonGreedyPolicy,
+        RetrievalOrderPolicy,
+        UniformRandomPolicy,
+        oracle_policy,
+        popularity_policy,
+    )
+    from simulation.search import simulate_search
+    from simulation.simulator import simulate
+    from simulation.world import World
+
+    for name in ("impressions", "search_sessions", "items", "users", "slots", "candidates"):
+        if getattr(args, name) < (0 if name in ("impressions", "search_sessions") else 1):
+            raise CliError(f"--{name.replace('_', '-')}={getattr(args, name)} is too small")
+    if args.candidates < args.slots or args.candidates > args.items:
+        raise CliError(f"--candidates={args.candidates} must be between --slots={args.slots} "
+                       f"and --items={args.items}")
+    try:
+        world = World(n_items=args.items, n_users=args.users, seed=args.seed)
+        model = PositionBasedModel(examination(args.slots, args.eta))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    policies = {"uniform": UniformRandomPolicy(), "popularity": popularity_policy(world),
+                "oracle": oracle_policy(world),
+                "epsilon-greedy": EpsilonGreedyPolicy(popularity_policy(world), args.epsilon)}
+    policy = policies[args.policy]
+    batch = 100_000
+
+    def batches() -> Iterator[EventFrames]:
+        for start in range(0, args.impressions, batch):
+            yield simulate(world, policy, model, n=min(batch, args.impressions - start),
+                           k=args.slots, candidates=args.candidates, seed=args.seed,
+                           first_request=start, workers=2).frames()
+        if args.search_sessions:
+            search = simulate_search(world, RetrievalOrderPolicy(), model,
+                                     args.search_sessions, k=args.slots, seed=args.seed,
+                                     first_request=args.impressions)
+            yield search.log.frames()
+
+    if args.to == "kafka":
+        target = KafkaTarget(EventProducer(settings, _bootstrap(settings, args.bootstrap)))
+    else:
+        if not args.out:
+            raise CliError("--to parquet needs --out DIR (the log store folder)")
+        target = ParquetTarget(args.out)
+    progress, update = _replay_progress(not args.quiet)
+    with progress:
+        summary = replay(batches(), target, on_batch=update, rejects_path=args.rejects)
+    table = Table(title=f"simulated {args.impressions:,} impressions ({args.policy}) and "
+                        f"{args.search_sessions:,} search sessions → {args.to}")
+    for name in ("events", "sent", "rejected", "seconds", "events/s"):
+        table.add_column(name, justify="right")
+    table.add_row(f"{summary.read:,}", f"{summary.sent:,}", f"{summary.rejected:,}",
+                  f"{summary.seconds:.2f}", f"{summary.rate:,.0f}")
+    console.print(table)
+    if summary.rejected:  # the simulator's events must all pass the contract
+        raise CliError(f"{summary.rejected} simulated events were rejected: {summary.reasons}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from serving.quickstart import run_quickstart
 
@@ -262,6 +329,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rejects", help="where rejected lines go (default: replay.rejects.jsonl)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_replay)
+
+    p = commands.add_parser("simulate", help="simulate a click log into Kafka or parquet",
+                            description="Simulate users, slates, clicks, reactions and dwell "
+                            "in a seeded world (simulation/), and search sessions with noisy "
+                            "queries and reformulations, and send the events to Kafka or a "
+                            "parquet log store, validated like any replayed log.",
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="examples:\n"
+                            "  clickloop simulate --to parquet --out sim/ --impressions 1000000\n"
+                            "  clickloop simulate --to kafka --search-sessions 5000 "
+                            "--policy epsilon-greedy --epsilon 0.2")
+    p.add_argument("--to", choices=["kafka", "parquet"], required=True)
+    p.add_argument("--out", help="log store folder for --to parquet")
+    p.add_argument("--bootstrap", help="broker HOST:PORT for --to kafka")
+    p.add_argument("--impressions", type=int, default=100_000,
+                   help="recommendation impressions (default: 100000)")
+    p.add_argument("--search-sessions", type=int, default=0,
+                   help="search sessions with noisy queries (default: 0)")
+    p.add_argument("--policy", default="uniform",
+                   choices=["uniform", "popularity", "epsilon-greedy", "oracle"],
+                   help="the logging policy of the impressions (default: uniform)")
+    p.add_argument("--epsilon", type=float, default=0.1,
+                   help="exploration rate of --policy epsilon-greedy (default: 0.1)")
+    p.add_argument("--items", type=int, default=10_000, help="catalog size (default: 10000)")
+    p.add_argument("--users", type=int, default=5_000, help="users (default: 5000)")
+    p.add_argument("--slots", type=int, default=10, help="slots per slate (default: 10)")
+    p.add_argument("--candidates", type=int, default=20,
+                   help="candidates the policy ranks per request (default: 20)")
+    p.add_argument("--eta", type=float, default=1.0,
+                   help="position bias severity: examination = ULTR curve ** eta (default: 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rejects", help="where rejected events go (default: replay.rejects.jsonl)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=cmd_simulate)
 
     p = commands.add_parser("dlq", help="show the dead letters with their reasons")
     p.add_argument("--bootstrap", help="broker HOST:PORT")

@@ -33,6 +33,7 @@ def clickloop(*args: str, cwd: Path = ROOT, timeout: float = 120,
     (("consume",), "DLQ"),
     (("replay",), "--map FIELD=COLUMN"),
     (("dlq",), "--max"),
+    (("simulate",), "--search-sessions"),
 ])
 def test_every_command_explains_itself(command: tuple[str, ...], words: str) -> None:
     result = clickloop(*command, "--help")
@@ -64,6 +65,24 @@ def test_replay_command_writes_the_store_and_reports(tmp_path: Path) -> None:
     assert "501" in result.stderr and "1 rejected" in result.stderr
     assert scan(tmp_path / "s", "click").collect().height == 500
     assert "not valid JSON" in (tmp_path / "rejects.jsonl").read_text()
+
+
+def test_simulate_command_writes_a_log_that_joins_back(tmp_path: Path) -> None:
+    from ingest.joins import join_log
+
+    store = tmp_path / "sim"
+    result = clickloop("simulate", "--to", "parquet", "--out", str(store), "--impressions",
+                       "3000", "--search-sessions", "200", "--items", "500", "--slots", "5",
+                       "--policy", "epsilon-greedy", "-q", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    queries = scan(store, "query").collect()
+    assert 200 <= queries.height <= 200 * 4  # one per search step, up to 3 reformulations
+    joined = join_log(store).collect()
+    assert joined.height == (3000 + queries.height) * 5
+    assert joined["propensity"].is_between(0, 1, closed="right").all()
+    bad = clickloop("simulate", "--to", "parquet", "--out", str(store), "--candidates", "3",
+                    "--slots", "5", cwd=tmp_path)
+    assert bad.returncode == 2 and "--candidates=3 must be between" in bad.stderr
 
 
 def test_broker_command_listens_and_stops_on_ctrl_c() -> None:
