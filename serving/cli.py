@@ -12,7 +12,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -20,6 +21,9 @@ from rich.table import Table
 
 from ingest.broker import BrokerError, EmbeddedBroker
 from ingest.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from ingest.replay import ReplaySummary
 
 console = Console(stderr=True)
 
@@ -131,32 +135,43 @@ def _replay_progress(enabled: bool) -> tuple[Progress, Callable[[object], None]]
     return progress, update
 
 
-def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from ingest.adapters.generic import MappingError
+def _replay_to_target(args: argparse.Namespace, settings: Settings, batches: Iterator[Any],
+                      title: str, speed: float | None = None) -> ReplaySummary:
+    """Send validated batches to ``--to kafka|parquet`` with a progress bar; print a summary."""
     from ingest.producer import EventProducer
-    from ingest.replay import KafkaTarget, ParquetTarget, ReplayError, open_log, replay
+    from ingest.replay import KafkaTarget, ParquetTarget, ReplayTarget, replay
 
-    try:
-        batches = open_log(args.log, args.format, _mapping(args.map), args.policy,
-                           args.deterministic)
-        if args.to == "kafka":
-            target = KafkaTarget(EventProducer(settings, _bootstrap(settings, args.bootstrap)))
-        else:
-            if not args.out:
-                raise CliError("--to parquet needs --out DIR (the log store folder)")
-            target = ParquetTarget(args.out)
-        progress, update = _replay_progress(not args.quiet)
-        with progress:
-            summary = replay(batches, target, speed=args.speed, on_batch=update,
-                             rejects_path=args.rejects)
-    except (ReplayError, MappingError) as exc:
-        raise CliError(str(exc)) from None
-    table = Table(title=f"replay {args.log} → {args.to}")
+    target: ReplayTarget
+    if args.to == "kafka":
+        target = KafkaTarget(EventProducer(settings, _bootstrap(settings, args.bootstrap)))
+    else:
+        if not args.out:
+            raise CliError("--to parquet needs --out DIR (the log store folder)")
+        target = ParquetTarget(args.out)
+    progress, update = _replay_progress(not args.quiet)
+    with progress:
+        summary = replay(batches, target, speed=speed, on_batch=update,
+                         rejects_path=args.rejects)
+    table = Table(title=title)
     for name in ("events", "sent", "rejected", "seconds", "events/s"):
         table.add_column(name, justify="right")
     table.add_row(f"{summary.read:,}", f"{summary.sent:,}", f"{summary.rejected:,}",
                   f"{summary.seconds:.2f}", f"{summary.rate:,.0f}")
     console.print(table)
+    return summary
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from ingest.adapters.generic import MappingError
+    from ingest.replay import ReplayError, open_log
+
+    try:
+        batches = open_log(args.log, args.format, _mapping(args.map), args.policy,
+                           args.deterministic)
+        summary = _replay_to_target(args, settings, batches, f"replay {args.log} → {args.to}",
+                                    speed=args.speed)
+    except (ReplayError, MappingError) as exc:
+        raise CliError(str(exc)) from None
     if summary.rejected:
         console.print(f"[yellow]{summary.rejected:,} rejected lines with reasons in "
                       f"{summary.rejects_file}[/]: {summary.reasons}")
@@ -181,11 +196,7 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from collections.abc import Iterator
-
     from ingest.frames import EventFrames
-    from ingest.producer import EventProducer
-    from ingest.replay import KafkaTarget, ParquetTarget, replay
     from simulation.clicks import PositionBasedModel, examination
     from simulation.policies import (
         EpsilonGreedyPolicy,
@@ -226,22 +237,9 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
                                      first_request=args.impressions)
             yield search.log.frames()
 
-    if args.to == "kafka":
-        target = KafkaTarget(EventProducer(settings, _bootstrap(settings, args.bootstrap)))
-    else:
-        if not args.out:
-            raise CliError("--to parquet needs --out DIR (the log store folder)")
-        target = ParquetTarget(args.out)
-    progress, update = _replay_progress(not args.quiet)
-    with progress:
-        summary = replay(batches(), target, on_batch=update, rejects_path=args.rejects)
-    table = Table(title=f"simulated {args.impressions:,} impressions ({args.policy}) and "
-                        f"{args.search_sessions:,} search sessions → {args.to}")
-    for name in ("events", "sent", "rejected", "seconds", "events/s"):
-        table.add_column(name, justify="right")
-    table.add_row(f"{summary.read:,}", f"{summary.sent:,}", f"{summary.rejected:,}",
-                  f"{summary.seconds:.2f}", f"{summary.rate:,.0f}")
-    console.print(table)
+    summary = _replay_to_target(
+        args, settings, batches(), f"simulated {args.impressions:,} impressions "
+        f"({args.policy}) and {args.search_sessions:,} search sessions → {args.to}")
     if summary.rejected:  # the simulator's events must all pass the contract
         raise CliError(f"{summary.rejected} simulated events were rejected: {summary.reasons}")
     return 0
