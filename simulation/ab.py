@@ -150,8 +150,7 @@ class ABTest:
                 pool = log.candidates
                 ideal, _ = oracle.rank_batch(mine, pool, self.k, rng)
                 ideal_grades = self.world.relevance(mine[:, None], ideal)
-                activity = self.world.user_activity[mine] if self.world.activity_spread \
-                    else None
+                activity = self.world.activity_of(mine)
                 expected = self.click_model.click_probability
                 regret = (expected(ideal_grades, activity).sum(axis=1)
                           - expected(log.grades, activity).sum(axis=1))
@@ -178,6 +177,6 @@ def interleave(world: World, a: BatchPolicy, b: BatchPolicy, click_model: ClickM
     ranked_a, _ = a.rank_batch(users, pool, candidates, rng)
     ranked_b, _ = b.rank_batch(users, pool, candidates, rng)
     shown, team = team_draft(ranked_a, ranked_b, k, rng)
-    activity = world.user_activity[users] if world.activity_spread else None
-    clicks = click_model.sample(world.relevance(users[:, None], shown), rng, activity)
+    clicks = click_model.sample(world.relevance(users[:, None], shown), rng,
+                                world.activity_of(users))
     return credit(clicks, team)

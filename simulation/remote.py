@@ -57,25 +57,26 @@ class HttpPolicy:
         return Slate(answer.items, answer.propensities, answer.scores)
 
     def _post(self, body: bytes) -> tuple[int, bytes]:
-        headers = {"Content-Type": "application/json"}
         try:
-            return self._exchange(body, headers)
+            return self._exchange(body)
         except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
             # The server closed the kept-alive connection between two requests: once more.
             self._connection.close()
+        except (OSError, http.client.HTTPException) as error:  # refused, timeouts
+            raise self._failed(error) from None
         try:
-            return self._exchange(body, headers)
-        except (OSError, http.client.HTTPException) as error:  # refused, timeouts, resets
-            self._connection.close()
-            raise RemotePolicyError(f"POST {self.base_url}/rank failed: {error}") from None
+            return self._exchange(body)
+        except (OSError, http.client.HTTPException) as error:
+            raise self._failed(error) from None
 
-    def _exchange(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-        try:
-            self._connection.request("POST", self._path, body, headers)
-            response = self._connection.getresponse()
-            return response.status, response.read()
-        except ConnectionRefusedError as error:
-            raise RemotePolicyError(f"POST {self.base_url}/rank failed: {error}") from None
+    def _exchange(self, body: bytes) -> tuple[int, bytes]:
+        self._connection.request("POST", self._path, body, {"Content-Type": "application/json"})
+        response = self._connection.getresponse()
+        return response.status, response.read()
+
+    def _failed(self, error: Exception) -> RemotePolicyError:
+        self._connection.close()
+        return RemotePolicyError(f"POST {self.base_url}/rank failed: {error}")
 
     def close(self) -> None:
         self._connection.close()

@@ -67,14 +67,16 @@ def lexical_retrieve(world: World, asked: np.ndarray, m: int, chunk: int = 256) 
     matched, then most popular. Costs O(n x catalog) comparisons, in chunks of queries."""
     if m > world.n_items:
         raise ValueError(f"m={m} candidates exceed the catalog of {world.n_items} items")
-    catalog = _field_values(world, np.arange(world.n_items))
+    # The world's own per-field arrays, contiguous; a field the query does not name is -1
+    # and equals no catalog value, so it adds nothing without a mask.
+    catalog = (world.brand, world.colour, world.material, world.category)
     tiebreak = (0.5 * world.popularity / world.popularity.max()).astype(np.float32)
     out = np.empty((len(asked), m), dtype=np.int64)
     for start in range(0, len(asked), chunk):
         block = asked[start:start + chunk]
         score = np.broadcast_to(tiebreak, (len(block), world.n_items)).copy()
-        for f in range(len(FIELDS)):
-            score += (catalog[:, f][None, :] == block[:, f][:, None]) & (block[:, f] >= 0)[:, None]
+        for f, values in enumerate(catalog):
+            score += values[None, :] == block[:, f][:, None]
         top = np.argpartition(-score, m - 1, axis=1)[:, :m]
         order = np.argsort(-np.take_along_axis(score, top, axis=1), axis=1, kind="stable")
         out[start:start + chunk] = np.take_along_axis(top, order, axis=1)

@@ -186,8 +186,7 @@ def respond(world: World, click_model: ClickModel, users: np.ndarray, grades: np
             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What users do with slates of these true grades: clicks, dwell seconds on clicked
     slots (log-normal, longer for better items) and reactions."""
-    activity = world.user_activity[users] if world.activity_spread else None
-    clicks = click_model.sample(grades, rng, activity)
+    clicks = click_model.sample(grades, rng, world.activity_of(users))
     dwell = np.zeros(grades.shape, dtype=np.float32)
     mean = 5.0 + 40.0 * grades[clicks] / MAX_GRADE
     dwell[clicks] = rng.lognormal(np.log(mean), 0.5)

@@ -94,6 +94,11 @@ class World:
         sigma = self.activity_spread
         return self._rng(9).lognormal(-sigma**2 / 2, sigma, self.n_users).astype(np.float32)
 
+    def activity_of(self, users: np.ndarray) -> np.ndarray | None:
+        """The activity of these users, or None when all users are alike (the click models'
+        default, which skips the multiplication)."""
+        return self.user_activity[users] if self.activity_spread else None
+
     @cached_property
     def user_vectors(self) -> np.ndarray:
         return self._rng(7).normal(size=(self.n_users, self.rank)).astype(np.float32) \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -93,8 +94,6 @@ def test_search_sessions_send_the_typed_query_in_the_context() -> None:
 
 
 def test_malformed_requests_get_422_with_the_field(oracle_server: BackgroundServer) -> None:
-    import http.client
-
     connection = http.client.HTTPConnection("127.0.0.1", oracle_server.port, timeout=10)
     cases = [
         ({"candidates": ["i1", "i2"], "k": 0}, "k", 0),
@@ -137,3 +136,21 @@ def test_an_unreachable_endpoint_is_a_clear_error() -> None:
         HttpPolicy(url).rank({"user_id": "u1"}, ["i1"], 1)
     with pytest.raises(ValueError, match="base_url='localhost:80' must look like"):
         HttpPolicy("localhost:80")
+
+
+def test_a_policy_that_answers_too_late_is_a_clear_error() -> None:
+    import threading
+
+    release = threading.Event()
+
+    class Stuck:
+        name = "stuck"
+
+        def rank(self, context: Mapping[str, Any], candidates: Sequence[str], k: int) -> Slate:
+            release.wait(10)
+            return Slate(list(candidates[:k]), [1.0] * k)
+
+    with BackgroundServer(create_app(Stuck())) as server:
+        with pytest.raises(RemotePolicyError, match="failed: timed out"):
+            HttpPolicy(server.url, timeout_s=0.2).rank({"user_id": "u1"}, ["i1"], 1)
+        release.set()

@@ -9,7 +9,7 @@ from ingest.sessions import query_chains
 from ingest.validation import validate_frame
 from simulation.clicks import PositionBasedModel, examination
 from simulation.policies import RetrievalOrderPolicy, UniformRandomPolicy
-from simulation.queries import QueryNoise, restore
+from simulation.queries import Edit, QueryNoise, restore
 from simulation.search import Intents, lexical_retrieve, parse_query, simulate_search
 from simulation.world import World
 
@@ -68,8 +68,7 @@ def test_sessions_reformulate_with_less_noise_and_end_once() -> None:
     assert clean > noisy + 0.15
     # The record: every typed query goes back to its clean query.
     for row in steps.iter_rows(named=True):
-        edits = [type("E", (), e) for e in row["edits"]]
-        assert restore(row["noisy"], edits) == row["clean"]  # type: ignore[arg-type]
+        assert restore(row["noisy"], [Edit(**e) for e in row["edits"]]) == row["clean"]
 
 
 def test_abandonment_rate_is_applied_per_failure() -> None:
