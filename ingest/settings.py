@@ -39,6 +39,10 @@ class KafkaSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Largest request the producer sends; raised so oversized events reach the DLQ
     #: with a reason instead of failing at the producer.
     max_request_bytes: Positive = 16 * 1024 * 1024
+    #: confluent-kafka only: how long librdkafka (>= 2.4) postpones the next fetch once its
+    #: local queue is full. Its default, 1000, feeds a fast consumer in bursts;
+    #: benchmarks/ingest.py measures the raw client with both.
+    fetch_queue_backoff_ms: Positive = 10
 
 
 class IngestSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

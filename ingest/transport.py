@@ -319,11 +319,7 @@ class _ConfluentConsumer:
             "heartbeat.interval.ms": max(100, settings.session_timeout_ms // 6),
             "max.partition.fetch.bytes": settings.max_request_bytes,
             "fetch.max.bytes": 4 * settings.max_request_bytes,
-            # librdkafka >= 2.4 postpones the next fetch by this much (default 1000 ms) once
-            # the local queue holds queued.min.messages; with the default the client read
-            # ~155k msg/s from the embedded broker in bursts, with 10 ms 500k-650k
-            # (benchmarks/README.md).
-            "fetch.queue.backoff.ms": 10,
+            "fetch.queue.backoff.ms": settings.fetch_queue_backoff_ms,
         })
 
     def subscribe(

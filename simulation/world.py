@@ -6,8 +6,8 @@ those words, a popularity (Zipf), and a latent vector. Users have latent prefere
 alike unless ``activity_spread`` > 0). The true relevance of a user-item pair is a
 grade 0..4 obtained by cutting the affinity ``<u, v> + popularity_weight * log(popularity)``
 at fixed quantiles of its distribution, so grades have the same shares in every world
-(``GRADE_SHARES``). Everything is a pure function of the seed and vectorized: a world of
-a million items builds in about a second, and relevance is computed on demand for any
+(``GRADE_SHARES``). Everything is a pure function of the seed and vectorized (only the
+popularity sampler's alias table is built in a loop), and relevance is computed on demand for any
 (user, item) arrays, never stored as a users x items matrix.
 """
 
@@ -116,7 +116,8 @@ class World:
             # One user per row of slots, the simulator's case: an explicit einsum over blocks
             # of rows that stay in cache (one gather of all item vectors would be n*k*d
             # floats of fresh memory); benchmarks/simulation.py measures the whole step.
-            # (np.take gathers rows several times faster than fancy indexing here.)
+            # np.take rather than fancy indexing for the row gathers: faster in an ad-hoc
+            # timing; benchmarks/simulation.py times the whole step.
             dot = np.empty(items.shape, dtype=np.float32)
             for start in range(0, len(items), 4096):
                 block = slice(start, start + 4096)
