@@ -108,10 +108,17 @@ def decode_batch(
 ) -> tuple[list[Event | None], list[Rejected]]:
     """Decode many messages; the result holds ``None`` where a message was rejected.
 
-    One msgspec call per message: decoding the batch joined into one JSON array was tried
-    and was slower (the join and the large list cost more than the calls they save).
+    One msgspec call per message, mapped over the batch in C while every message is good;
+    at the first bad one the batch is decoded again one message at a time, to find and word
+    each rejection. (Decoding the batch joined into one JSON array was tried and was slower:
+    the join and the large list cost more than the calls they save.)
     """
     decode_one = _decoder.decode
+    try:
+        if max_bytes is None or max(map(len, raws), default=0) <= max_bytes:
+            return list(map(decode_one, raws)), []
+    except (TypeError, msgspec.DecodeError):  # a null payload, or an invalid message
+        pass
     decoded: list[Event | None] = []
     rejected: list[Rejected] = []
     for index, raw in enumerate(raws):

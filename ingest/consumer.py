@@ -10,15 +10,19 @@ offsets committed to Kafka. At all times ``consumed == applied + rejected + dupl
 If the broker is replaced by one with another cluster id (an in-memory broker restarted),
 the offsets held so far refer to a log that no longer exists: the consumer flushes what it
 has and reads the new cluster's partitions from the beginning; deduplication drops what it
-had already applied.
+had already applied. The cluster id is asked for on a background thread every
+``cluster_check_s``: a metadata request can take hundreds of milliseconds on a busy broker,
+and the poll loop should not stall for it.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from itertools import compress
 
 from ingest.codec import decode_batch
 from ingest.dedupe import DedupeWindow
@@ -80,8 +84,12 @@ class EventConsumer:
         self._unflushed = 0
         self._last_flush = time.monotonic()
         self._cluster_id: str | None = None
-        self._cluster_checked = 0.0
+        self._observed_cluster: str | None = None
         self._cluster_check_s = cluster_check_s
+        self._closing = threading.Event()
+        self._watcher = threading.Thread(target=self._watch_cluster, daemon=True,
+                                         name="clickloop-cluster-watch")
+        self._watcher.start()
 
     # ------------------------------------------------------------------ rebalance hooks
 
@@ -101,8 +109,9 @@ class EventConsumer:
         """One poll; returns how many messages it consumed."""
         ingest = self.settings.ingest
         now = time.monotonic()
-        if now - self._cluster_checked >= self._cluster_check_s:
-            self._check_cluster()
+        observed = self._observed_cluster
+        if observed is not None and observed != self._cluster_id:
+            self._cluster_changed(observed)
         batch = self._client.poll(ingest.poll_max_records, ingest.poll_timeout_s)
         consumed = len(batch.values)
         if consumed:
@@ -120,8 +129,8 @@ class EventConsumer:
                 dead_letter_record(batch.values[r.index], batch.key(r.index), r.reason,
                                    *batch.source(r.index), ingest.dlq_max_raw_bytes)
                 for r in rejected)
-        dedupe_add = self.dedupe.add
-        fresh = [e for e in events if e is not None and dedupe_add(e.event_id)]
+        valid = [e for e in events if e is not None] if rejected else events
+        fresh = list(compress(valid, self.dedupe.add_many([e.event_id for e in valid])))
         self.sink.write(fresh)
         consumed = len(events)
         counters.consumed += consumed
@@ -141,14 +150,16 @@ class EventConsumer:
         self._unflushed = 0
         self._last_flush = time.monotonic()
 
-    def _check_cluster(self) -> None:
-        self._cluster_checked = time.monotonic()
-        try:
-            current = self._client.cluster_id()
-        except Exception:  # noqa: BLE001 - broker unreachable: nothing to compare yet
-            return
-        if current is None or current == self._cluster_id:
-            return
+    def _watch_cluster(self) -> None:
+        while True:
+            try:
+                self._observed_cluster = self._client.cluster_id()
+            except Exception:  # noqa: BLE001 - broker unreachable: nothing to compare yet
+                pass
+            if self._closing.wait(self._cluster_check_s):
+                return
+
+    def _cluster_changed(self, current: str) -> None:
         if self._cluster_id is not None:
             log.warning("broker cluster changed from %s to %s: re-reading from the beginning",
                         self._cluster_id, current)
@@ -182,9 +193,11 @@ class EventConsumer:
         return self.counters
 
     def close(self) -> None:
+        self._closing.set()
         try:
             self.flush()
         finally:
+            self._watcher.join()
             self._client.close()
             self.dlq.close()
 

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 class DedupeWindow:
     """Remembers the last ``capacity`` distinct ids; older ones are forgotten first.
 
-    A plain dict keeps insertion order, so it is an ordered set with O(1) eviction of the
-    oldest id. Ids seen again are not refreshed: the window bounds memory, not recency.
+    A set answers membership; a list keeps the distinct ids in arrival order, of which
+    ``_order[_head:]`` are the live ones, so forgetting the oldest is one C-level
+    ``difference_update`` over a slice and the list is compacted once half of it is dead.
+    (Evicting through a dict's first key is O(n) once many have been deleted: CPython scans
+    the holes each time, which made one ``add`` cost ~58 µs with a full 1M window.)
+    Ids seen again are not refreshed: the window bounds memory, not recency.
     """
 
     def __init__(self, capacity: int) -> None:
         if capacity <= 0:
             raise ValueError(f"capacity={capacity} must be > 0")
         self.capacity = capacity
-        self._seen: dict[str, None] = {}
+        self._seen: set[str] = set()
+        self._order: list[str] = []
+        self._head = 0
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -26,15 +32,40 @@ class DedupeWindow:
 
     def add(self, event_id: str) -> bool:
         """Record ``event_id``; True when it is new, False when it is a duplicate."""
+        return self.add_many((event_id,))[0]
+
+    def add_many(self, event_ids: Sequence[str]) -> list[bool]:
+        """Record a batch in order; for each id, True when it is new (not in the window and
+        not earlier in the batch), False when it is a duplicate."""
         seen = self._seen
-        if event_id in seen:
-            return False
-        seen[event_id] = None
-        if len(seen) > self.capacity:
-            del seen[next(iter(seen))]
-        return True
+        batch = set(event_ids)
+        if len(batch) == len(event_ids) and seen.isdisjoint(batch):
+            # The common case, all new: no per-id Python work.
+            seen |= batch
+            self._order.extend(event_ids)
+            self._evict()
+            return [True] * len(event_ids)
+        flags: list[bool] = []
+        for event_id in event_ids:
+            new = event_id not in seen
+            if new:
+                seen.add(event_id)
+                self._order.append(event_id)
+            flags.append(new)
+        self._evict()
+        return flags
 
     def seed(self, event_ids: Iterable[str]) -> None:
         """Pre-load ids already applied (e.g. from a sink's recent output after a restart)."""
-        for event_id in event_ids:
-            self.add(event_id)
+        self.add_many(list(event_ids))
+
+    def _evict(self) -> None:
+        excess = len(self._seen) - self.capacity
+        if excess <= 0:
+            return
+        start = self._head
+        self._seen.difference_update(self._order[start:start + excess])
+        self._head = start + excess
+        if self._head * 2 > len(self._order):
+            del self._order[: self._head]
+            self._head = 0

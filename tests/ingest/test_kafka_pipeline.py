@@ -143,6 +143,7 @@ def _consume_process(settings: Settings, bootstrap: str, store: Path) -> subproc
            "CLICKLOOP_KAFKA_TOPIC": settings.kafka.topic,
            "CLICKLOOP_KAFKA_DLQ_TOPIC": settings.kafka.dlq_topic,
            "CLICKLOOP_KAFKA_GROUP_ID": settings.kafka.group_id,
+           "CLICKLOOP_KAFKA_BACKEND": settings.kafka.backend,
            "CLICKLOOP_INGEST_JOURNAL_DIR": settings.ingest.journal_dir,
            "CLICKLOOP_INGEST_FLUSH_MAX_EVENTS": "2000",
            "CLICKLOOP_INGEST_POLL_MAX_RECORDS": "500"}
@@ -158,10 +159,11 @@ def _stored_ids(store: Path) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_consumer_killed_mid_stream_resumes_exactly_once(
-        broker: EmbeddedBroker, settings_factory: Callable[..., Settings], tmp_path: Path
-) -> None:
-    settings = settings_factory()
+        broker: EmbeddedBroker, settings_factory: Callable[..., Settings], tmp_path: Path,
+        backend: str) -> None:
+    settings = settings_factory(kafka={"backend": backend})
     events = clicks(60_000, "k")
     with EventProducer(settings, broker.bootstrap) as producer:
         producer.send(events)
@@ -190,12 +192,14 @@ def test_consumer_killed_mid_stream_resumes_exactly_once(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_broker_replaced_while_producing_every_event_arrives_once(
-        settings_factory: Callable[..., Settings], tmp_path: Path) -> None:
+        settings_factory: Callable[..., Settings], tmp_path: Path, backend: str) -> None:
     """A memory-only broker loses what it held when it stops, so the first one is stopped only
     after the consumer has read what it acknowledged; everything produced after that has to
     survive in the producer's journal and reach the new broker."""
-    settings = settings_factory(ingest={"producer_timeout_s": 2.0, "flush_interval_s": 0.2})
+    settings = settings_factory(kafka={"backend": backend},
+                                ingest={"producer_timeout_s": 2.0, "flush_interval_s": 0.2})
     port = free_port()
     events = clicks(10_000, "b")
     sink = MemorySink()
