@@ -95,7 +95,7 @@ class _ConfluentBatch:
         if not self._messages:
             return {}
         present = set(zip(map(Message.topic, self._messages),
-                          map(Message.partition, self._messages)))
+                          map(Message.partition, self._messages), strict=True))
         return {(tp.topic, tp.partition): tp.offset
                 for tp in self._consumer.position([CTP(t, p) for t, p in present])}
 
