@@ -16,7 +16,15 @@ from ingest.events import Click
 from ingest.joins import join_log
 from ingest.logstore import scan
 from ingest.producer import EventProducer
-from ingest.replay import KafkaTarget, ParquetTarget, ReplayError, open_log, replay
+from ingest.replay import (
+    DECODE_CHUNK,
+    KafkaTarget,
+    ParquetTarget,
+    ReplayError,
+    jsonl_batches,
+    open_log,
+    replay,
+)
 from ingest.settings import Settings
 from ingest.sink import MemorySink
 
@@ -65,6 +73,23 @@ def test_replay_rejects_bad_lines_into_a_file_with_reasons(tmp_path: Path) -> No
     assert (summary.read, summary.sent, summary.rejected) == (101, 100, 1)
     lines = rejects.read_text().splitlines()
     assert len(lines) == 1 and '"line": 101' in lines[0] and "position=0 must be" in lines[0]
+
+
+def test_rejected_lines_keep_their_line_numbers_past_the_decode_chunk(tmp_path: Path) -> None:
+    assert DECODE_CHUNK < 12_345
+    bad = {12_345: b'{"type": "click", "event_id": "b1"}',
+           25_001: b'{"type": "click", "event_id": "b2", "position": -1}'}
+    lines = [bad.get(n) or encode(Click(event_id=f"e{n}", ts=1000.0 + n, user_id="u",
+                                        request_id=f"r{n}", item_id="a", position=1))
+             for n in range(1, 25_002)]
+    (tmp_path / "log.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    rejects = tmp_path / "rejects.jsonl"
+    summary = replay(open_log(tmp_path / "log.jsonl"), ParquetTarget(tmp_path / "s"),
+                     rejects_path=rejects)
+    assert (summary.read, summary.sent, summary.rejected) == (25_001, 24_999, 2)
+    rows = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert [row["line"] for row in rows] == [12_345, 25_001]
+    assert "is required" in rows[0]["error"] and "position=-1" in rows[1]["error"]
 
 
 def test_replay_twice_into_the_same_store_adds_nothing(tmp_path: Path) -> None:
@@ -119,3 +144,15 @@ def test_columnar_logs_are_validated_with_the_same_rules(tmp_path: Path) -> None
     # but the click itself is valid and is kept (the join leaves it out).
     assert summary.rejected == 2
     assert scan(tmp_path / "s", "impression").collect()["request_id"].to_list() == ["a@1.0"]
+
+
+@pytest.mark.parametrize("chunk_bytes", [7, 64, 1 << 20])
+def test_json_lines_are_read_whole_across_chunk_boundaries(tmp_path: Path, chunk_bytes: int
+                                                          ) -> None:
+    lines = [b'{"n": %d, "pad": "%s"}' % (i, b"x" * (i % 13)) for i in range(300)]
+    # CRLF endings, blank and blank-looking lines, and no newline after the last line.
+    text = b"\r\n".join(lines[:150]) + b"\n\n  \n" + b"\n".join(lines[150:])
+    (tmp_path / "log.jsonl").write_bytes(text)
+    read = [line for batch in jsonl_batches(tmp_path / "log.jsonl", chunk_bytes)
+            for line in batch]
+    assert read == lines
