@@ -20,13 +20,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from itertools import compress
 
-from ingest.codec import decode_batch
+from ingest.codec import Rejected, decode_batch
 from ingest.dedupe import DedupeWindow
 from ingest.dlq import dead_letter_record
+from ingest.events import Event
 from ingest.producer import EventProducer
 from ingest.settings import Settings
 from ingest.sink import Sink, TopicPartition
@@ -48,6 +49,16 @@ class Counters:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+def accept(raws: Sequence[bytes | None], window: DedupeWindow, max_bytes: int | None
+           ) -> tuple[list[Event], list[Rejected]]:
+    """The pipeline's work on one batch of messages, free of Kafka: decode and validate
+    them, and drop the valid events whose ids ``window`` has seen. Returns the fresh events
+    and the rejected messages."""
+    events, rejected = decode_batch(raws, max_bytes)
+    valid = [e for e in events if e is not None] if rejected else events
+    return list(compress(valid, window.add_many([e.event_id for e in valid]))), rejected
 
 
 class EventConsumer:
@@ -123,16 +134,14 @@ class EventConsumer:
 
     def _apply(self, batch: PolledBatch) -> None:
         ingest, counters = self.settings.ingest, self.counters
-        events, rejected = decode_batch(batch.values, ingest.max_event_bytes)
+        fresh, rejected = accept(batch.values, self.dedupe, ingest.max_event_bytes)
         if rejected:
             self.dlq.send_raw(
                 dead_letter_record(batch.values[r.index], batch.key(r.index), r.reason,
                                    *batch.source(r.index), ingest.dlq_max_raw_bytes)
                 for r in rejected)
-        valid = [e for e in events if e is not None] if rejected else events
-        fresh = list(compress(valid, self.dedupe.add_many([e.event_id for e in valid])))
         self.sink.write(fresh)
-        consumed = len(events)
+        consumed = len(batch.values)
         counters.consumed += consumed
         counters.rejected += len(rejected)
         counters.applied += len(fresh)
