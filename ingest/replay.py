@@ -53,17 +53,18 @@ class ReplayError(ValueError):
 def jsonl_batches(path: str | os.PathLike[str], chunk_bytes: int = 32 << 20
                   ) -> Iterator[list[bytes]]:
     """The non-blank lines of a JSON-lines file, one batch per ``chunk_bytes`` read; the
-    file is split into lines by ``bytes.split`` and stripped by a C-level map, not a loop."""
+    file is split into lines by ``bytes.split`` and stripped by a C-level map, not a loop.
+    A line cut by the end of a read is carried into the next batch."""
     with open(path, "rb") as handle:
         rest = b""
         while chunk := handle.read(chunk_bytes):
-            chunk = rest + chunk
-            end = chunk.rfind(b"\n") + 1
-            rest = chunk[end:]
-            if end:
-                yield list(filter(None, map(bytes.strip, chunk[:end].split(b"\n"))))
-        if rest.strip():
-            yield [rest.strip()]
+            lines = chunk.split(b"\n")
+            lines[0] = rest + lines[0]
+            rest = lines.pop()
+            if batch := list(filter(None, map(bytes.strip, lines))):
+                yield batch
+        if rest := rest.strip():
+            yield [rest]
 
 
 def detect_format(path: Path) -> LogFormat:
