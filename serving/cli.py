@@ -161,6 +161,17 @@ def _replay_to_target(args: argparse.Namespace, settings: Settings, batches: Ite
     return summary
 
 
+def _add_target_options(p: argparse.ArgumentParser) -> None:
+    """The options :func:`_replay_to_target` reads, for every command that uses it."""
+    p.add_argument("--to", choices=["kafka", "parquet"], required=True)
+    p.add_argument("--out", help="log store folder for --to parquet")
+    p.add_argument("--bootstrap", help="broker HOST:PORT for --to kafka")
+    p.add_argument("--rejects",
+                   help="where rejected events go, with their reason and line "
+                   "(default: replay.rejects.jsonl)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+
+
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from ingest.adapters.generic import MappingError
     from ingest.replay import ReplayError, open_log
@@ -310,9 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "  clickloop replay clicks.csv --format generic --map user_id=uid "
                             "--map clicked=click --to kafka --speed 60")
     p.add_argument("log", help="the log file or log store folder")
-    p.add_argument("--to", choices=["kafka", "parquet"], required=True)
-    p.add_argument("--out", help="log store folder for --to parquet")
-    p.add_argument("--bootstrap", help="broker HOST:PORT for --to kafka")
+    _add_target_options(p)
     p.add_argument("--format", default="auto",
                    choices=["auto", "events", "store", "obd", "generic"])
     p.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN",
@@ -324,8 +333,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "deterministic, so every propensity is 1")
     p.add_argument("--speed", type=float,
                    help="scale event time: 60 replays an hour in a minute (default: full speed)")
-    p.add_argument("--rejects", help="where rejected lines go (default: replay.rejects.jsonl)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_replay)
 
     p = commands.add_parser("simulate", help="simulate a click log into Kafka or parquet",
@@ -338,9 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "  clickloop simulate --to parquet --out sim/ --impressions 1000000\n"
                             "  clickloop simulate --to kafka --search-sessions 5000 "
                             "--policy epsilon-greedy --epsilon 0.2")
-    p.add_argument("--to", choices=["kafka", "parquet"], required=True)
-    p.add_argument("--out", help="log store folder for --to parquet")
-    p.add_argument("--bootstrap", help="broker HOST:PORT for --to kafka")
+    _add_target_options(p)
     p.add_argument("--impressions", type=int, default=100_000,
                    help="recommendation impressions (default: 100000)")
     p.add_argument("--search-sessions", type=int, default=0,
@@ -358,8 +363,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=1.0,
                    help="position bias severity: examination = ULTR curve ** eta (default: 1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rejects", help="where rejected events go (default: replay.rejects.jsonl)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_simulate)
 
     p = commands.add_parser("dlq", help="show the dead letters with their reasons")
