@@ -12,7 +12,7 @@ class DedupeWindow:
     ``_order[_head:]`` are the live ones, so forgetting the oldest is one C-level
     ``difference_update`` over a slice and the list is compacted once half of it is dead.
     (Evicting through a dict's first key is O(n) once many have been deleted: CPython scans
-    the holes each time, which made one ``add`` cost ~58 µs with a full 1M window.)
+    the holes each time; ``benchmarks/ingest.py`` times that way next to this one.)
     Ids seen again are not refreshed: the window bounds memory, not recency.
     """
 
