@@ -9,16 +9,18 @@ offending value and the rule, e.g. ``slots[0].propensity=1.7 must be in (0, 1]``
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import msgspec
+import numpy as np
 
 from ingest.events import FIELD_RULES, Event
 
 _decoder = msgspec.json.Decoder(Event)
 _raw_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
+_NEWLINE = ord("\n")
 
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _PATH_PART = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+)\]")
@@ -89,12 +91,20 @@ def _explain(raw: bytes, error: msgspec.ValidationError) -> str:
     return f"{shown} {rule or message[0].lower() + message[1:]}"
 
 
+def unparsable(raw: bytes | None, max_bytes: int | None = None) -> str | None:
+    """Why a message is rejected before parsing (no payload, or too large), else ``None``."""
+    if raw is None:
+        return "message has no value (null payload)"
+    if max_bytes is not None and len(raw) > max_bytes:
+        return f"payload is {len(raw)} bytes, over max_event_bytes={max_bytes}"
+    return None
+
+
 def decode(raw: bytes | None, max_bytes: int | None = None) -> Event:
     """Decode and validate one message, raising :class:`InvalidEvent` with a clear reason."""
-    if raw is None:
-        raise InvalidEvent("message has no value (null payload)")
-    if max_bytes is not None and len(raw) > max_bytes:
-        raise InvalidEvent(f"payload is {len(raw)} bytes, over max_event_bytes={max_bytes}")
+    if (reason := unparsable(raw, max_bytes)) is not None:
+        raise InvalidEvent(reason)
+    assert raw is not None
     try:
         return _decoder.decode(raw)
     except msgspec.ValidationError as exc:
@@ -134,3 +144,38 @@ def decode_batch(
             decoded.append(None)
             rejected.append(Rejected(index, exc.reason))
     return decoded, rejected
+
+
+def decode_joined(
+    joined: bytes | memoryview, lengths: Sequence[int], max_bytes: int | None = None,
+    unparsed: Mapping[int, str] | None = None,
+) -> tuple[list[Event | None], list[Rejected]]:
+    """:func:`decode_batch` for messages that arrive joined with ``b"\n"`` in one buffer
+    (how :class:`ingest.stages.ProcessStage` ships a batch), given each message's length.
+
+    When no message contains a newline (the buffer holds exactly ``len(lengths) - 1``) the
+    buffer is newline-delimited JSON with one message per line, and msgspec decodes it in
+    one call. Otherwise, or at the first invalid message, the messages are cut out and
+    decoded one by one. ``unparsed`` maps the indices of messages the sender already
+    rejected without shipping them (see :func:`unparsable`) to their reasons.
+    """
+    count = len(lengths)
+    if not unparsed and count and (max_bytes is None or max(lengths) <= max_bytes) \
+            and np.count_nonzero(np.frombuffer(joined, np.uint8) == _NEWLINE) == count - 1:
+        try:
+            events = _decoder.decode_lines(joined)
+            if len(events) == count:  # fewer when a message was empty or blank
+                return events, []
+        except msgspec.DecodeError:
+            pass
+    unparsed = unparsed or {}
+    view = memoryview(joined)
+    raws: list[bytes | None] = []
+    start = 0
+    for index, length in enumerate(lengths):
+        raws.append(None if index in unparsed else bytes(view[start:start + length]))
+        start += length + 1
+    events, rejected = decode_batch(raws, max_bytes)
+    if unparsed:
+        rejected = [Rejected(r.index, unparsed.get(r.index, r.reason)) for r in rejected]
+    return events, rejected

@@ -7,6 +7,7 @@ Settings come from defaults, ``clickloop.toml`` and ``CLICKLOOP_*`` variables
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import sys
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -98,7 +100,11 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     from ingest.sink import NullSink
 
     bootstrap = _bootstrap(settings, args.bootstrap)
-    sink = ParquetLogStore(args.to) if args.to else NullSink()
+    if args.decode_process:
+        settings = msgspec.structs.replace(settings, ingest=msgspec.structs.replace(
+            settings.ingest, decode_process=True))
+    # A factory: with decode_process the sink is built in the apply process.
+    sink = functools.partial(ParquetLogStore, args.to) if args.to else NullSink
     stop = _stop_on_signals()
     started = time.perf_counter()
     with EventConsumer(settings, sink, bootstrap, group_id=args.group) as consumer:
@@ -307,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-events", type=int, help="stop after this many messages")
     p.add_argument("--idle-exit", type=float, metavar="SECONDS",
                    help="stop after this long without a message")
+    p.add_argument("--decode-process", action="store_true",
+                   help="decode, validate and store in a second process so this one only "
+                   "fetches (ingest.decode_process; faster with the confluent-kafka backend "
+                   "when a core is free)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_consume)
 

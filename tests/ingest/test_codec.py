@@ -5,7 +5,15 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from ingest.codec import InvalidEvent, decode, decode_batch, encode
+from ingest.codec import (
+    InvalidEvent,
+    Rejected,
+    decode,
+    decode_batch,
+    decode_joined,
+    encode,
+    unparsable,
+)
 from ingest.events import Click, Dwell, Impression, Query, Reaction, Slot
 
 IMPRESSION = Impression(
@@ -95,3 +103,41 @@ def test_decode_batch_fast_path_returns_everything() -> None:
     raws = [encode(e) for e in VALID] * 3
     events, rejected = decode_batch(raws)
     assert rejected == [] and events == VALID * 3
+
+
+def _joined(raws: list[bytes]) -> tuple[bytes, list[int]]:
+    return b"\n".join(raws), [len(r) for r in raws]
+
+
+@pytest.mark.parametrize("case", ["good", "newline inside", "two objects on two lines",
+                                  "empty", "blank", "broken", "oversized"])
+def test_decode_joined_agrees_with_decode_batch(case: str) -> None:
+    """The joined form (how the apply process receives a batch) decodes exactly as the
+    message list does, whichever path it takes."""
+    good = [encode(e) for e in VALID]
+    odd = {"good": good[1],
+           "newline inside": b'{"type": "click",\n "event_id": "n", "ts": 1.0, "user_id": "u",'
+                             b' "request_id": "r", "item_id": "i", "position": 1}',
+           "two objects on two lines": good[1] + b"\n" + good[2],
+           "empty": b"", "blank": b"   ", "broken": b"{broken",
+           "oversized": b"x" * 50_000}[case]
+    raws = [*good, odd, *good]
+    expected = decode_batch(raws, max_bytes=40_000)
+    joined, lengths = _joined(raws)
+    for buffer in (joined, memoryview(joined)):
+        assert decode_joined(buffer, lengths, max_bytes=40_000) == expected
+    if case in ("good", "newline inside"):
+        assert expected[1] == [] and expected[0][len(good)] is not None
+    else:
+        assert [r.index for r in expected[1]] == [len(good)]
+
+
+def test_decode_joined_keeps_the_senders_reasons_for_unshipped_messages() -> None:
+    raws = [encode(VALID[1]), b"", encode(VALID[2])]
+    joined, lengths = _joined(raws)
+    events, rejected = decode_joined(joined, lengths, 1000, {1: "payload is 9 MB, over x"})
+    assert events == [VALID[1], None, VALID[2]]
+    assert rejected == [Rejected(1, "payload is 9 MB, over x")]
+    assert unparsable(None) == "message has no value (null payload)"
+    assert unparsable(b"abc", max_bytes=2) == "payload is 3 bytes, over max_event_bytes=2"
+    assert unparsable(b"abc", max_bytes=3) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import random
@@ -23,7 +24,7 @@ from ingest.consumer import EventConsumer
 from ingest.dlq import read_dead_letters
 from ingest.events import Click, Event
 from ingest.journal import JournalFull
-from ingest.logstore import scan
+from ingest.logstore import ParquetLogStore, scan
 from ingest.producer import EventProducer
 from ingest.settings import Settings
 from ingest.sink import MemorySink
@@ -100,11 +101,18 @@ def malformed(i: int) -> tuple[bytes, str]:
     return msgspec.json.encode({**click, "ts": "yesterday"}), "ts='yesterday' must be float"
 
 
+def _stored_event_ids(store: Path) -> list[str]:
+    return [i for kind in ("impression", "click", "reaction", "dwell", "query")
+            for i in scan(store, kind).select("event_id").collect()["event_id"]]
+
+
+@pytest.mark.parametrize("decode_process", [False, True], ids=["inline", "decode-process"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_malformed_messages_go_to_the_dlq_and_counters_reconcile(
-        broker: EmbeddedBroker, settings_factory: Callable[..., Settings], backend: str
-) -> None:
-    settings = settings_factory(kafka={"backend": backend})
+        broker: EmbeddedBroker, settings_factory: Callable[..., Settings], backend: str,
+        decode_process: bool, tmp_path: Path) -> None:
+    settings = settings_factory(kafka={"backend": backend},
+                                ingest={"decode_process": decode_process})
     good = good_events(10_000)
     bad = [malformed(i) for i in range(1000)]
     records = [(e.user_id.encode(), encode(e), None) for e in good]
@@ -116,13 +124,17 @@ def test_malformed_messages_go_to_the_dlq_and_counters_reconcile(
         producer.flush()
         assert producer.stats.acknowledged == 11_000 and producer.journal.pending == 0
 
+    # The apply process builds its own sink, so there it is a store read back from disk.
     sink = MemorySink()
-    with EventConsumer(settings, sink, broker.bootstrap) as consumer:
+    store = tmp_path / "log"
+    with EventConsumer(settings, functools.partial(ParquetLogStore, store) if decode_process
+                       else sink, broker.bootstrap) as consumer:
         counters = consumer.run(max_events=11_000, idle_timeout_s=60)
     assert counters.as_dict() == {"consumed": 11_000, "applied": 10_000, "rejected": 1000,
                                   "duplicates": 0}
     assert counters.reconciles
-    assert sorted(e.event_id for e in sink.events) == sorted(e.event_id for e in good)
+    stored = _stored_event_ids(store) if decode_process else [e.event_id for e in sink.events]
+    assert sorted(stored) == sorted(e.event_id for e in good)
 
     letters = read_dead_letters(settings.kafka, broker.bootstrap, max_records=1000,
                                 idle_timeout_s=10)
@@ -138,13 +150,15 @@ def test_malformed_messages_go_to_the_dlq_and_counters_reconcile(
     assert len({(d.partition, d.offset) for d in letters}) == 1000
 
 
-def _consume_process(settings: Settings, bootstrap: str, store: Path) -> subprocess.Popen[bytes]:
+def _consume_process(settings: Settings, bootstrap: str, store: Path
+                     ) -> subprocess.Popen[bytes]:
     env = {**os.environ,
            "CLICKLOOP_KAFKA_TOPIC": settings.kafka.topic,
            "CLICKLOOP_KAFKA_DLQ_TOPIC": settings.kafka.dlq_topic,
            "CLICKLOOP_KAFKA_GROUP_ID": settings.kafka.group_id,
            "CLICKLOOP_KAFKA_BACKEND": settings.kafka.backend,
            "CLICKLOOP_INGEST_JOURNAL_DIR": settings.ingest.journal_dir,
+           "CLICKLOOP_INGEST_DECODE_PROCESS": str(settings.ingest.decode_process).lower(),
            "CLICKLOOP_INGEST_FLUSH_MAX_EVENTS": "2000",
            "CLICKLOOP_INGEST_POLL_MAX_RECORDS": "500"}
     return subprocess.Popen(
@@ -159,11 +173,15 @@ def _stored_ids(store: Path) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("decode_process", [False, True], ids=["inline", "decode-process"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_consumer_killed_mid_stream_resumes_exactly_once(
         broker: EmbeddedBroker, settings_factory: Callable[..., Settings], tmp_path: Path,
-        backend: str) -> None:
-    settings = settings_factory(kafka={"backend": backend})
+        backend: str, decode_process: bool) -> None:
+    """With the apply process too: it dies with the consumer, and the offsets committed
+    with its sink are those of the batches it finished, not of those still in flight."""
+    settings = settings_factory(kafka={"backend": backend},
+                                ingest={"decode_process": decode_process})
     events = clicks(60_000, "k")
     with EventProducer(settings, broker.bootstrap) as producer:
         producer.send(events)
@@ -257,7 +275,6 @@ def test_group_consumer_reads_a_log_store_offsets_from_its_checkpoint(
         broker: EmbeddedBroker, settings_factory: Callable[..., Settings], tmp_path: Path
 ) -> None:
     """Offsets committed to Kafka lag the store's checkpoint; the checkpoint wins."""
-    from ingest.logstore import ParquetLogStore
 
     settings = settings_factory()
     with EventProducer(settings, broker.bootstrap) as producer:

@@ -1,0 +1,332 @@
+"""Where the consumer's batches are decoded, validated, deduplicated and written to the sink.
+
+:class:`InlineStage` does it on the polling thread. :class:`ProcessStage` does it in a
+second process, so the polling thread only fetches: with confluent-kafka, building the
+client's message objects and our validating decode each cost about as much as the other
+per message, and one Python thread cannot do both at the rate librdkafka delivers
+(``benchmarks/ingest.py`` shows both stages against the raw client). A batch reaches the
+process as its values joined with ``b"\\n"`` in a ring of shared-memory slots (one copy,
+no pickling of messages); the process answers each batch with its rejected messages and
+the number applied. The sink lives in the process, so it is given as a factory.
+
+Both keep the same protocol: batches are :meth:`~ApplyStage.submit`-ted in poll order and
+their :class:`Outcome` s come back in that order from :meth:`~ApplyStage.completed`; a
+:meth:`~ApplyStage.flush` is a barrier that makes the sink durable with the offsets given.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import mmap
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import traceback
+from array import array
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import compress
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
+
+from ingest.codec import Rejected, decode_batch, decode_joined, unparsable
+from ingest.dedupe import DedupeWindow
+from ingest.events import Event
+from ingest.settings import IngestSettings
+from ingest.sink import Checkpoint, Sink, TopicPartition
+
+log = logging.getLogger(__name__)
+
+SinkFactory = Callable[[], Sink]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one submitted batch."""
+
+    rejected: list[Rejected]
+    applied: int
+
+
+class ApplyStage(Protocol):
+    def submit(self, values: list[bytes | None]) -> None:
+        """Start on the next batch (may wait while earlier batches fill the stage)."""
+        ...
+
+    def completed(self, wait: bool) -> list[Outcome]:
+        """Outcomes of submitted batches not reported yet, oldest first; with ``wait``,
+        of all of them."""
+        ...
+
+    def flush(self, offsets: dict[TopicPartition, int], cluster_id: str | None) -> None:
+        """The sink's :meth:`~ingest.sink.Sink.flush`, after every submitted batch."""
+        ...
+
+    def checkpoint(self) -> Checkpoint: ...
+
+    def close(self) -> None: ...
+
+
+class StageError(RuntimeError):
+    """The apply process failed or died; its message carries the process's traceback."""
+
+
+def keep_fresh(events: list[Event | None], rejected: list[Rejected], window: DedupeWindow
+               ) -> list[Event]:
+    """The valid events among ``events`` whose ids ``window`` has not seen; adds them."""
+    valid: list[Event] = [e for e in events if e is not None] if rejected \
+        else events  # type: ignore[assignment]
+    return list(compress(valid, window.add_many([e.event_id for e in valid])))
+
+
+def accept(raws: Sequence[bytes | None], window: DedupeWindow, max_bytes: int | None
+           ) -> tuple[list[Event], list[Rejected]]:
+    """The pipeline's work on one batch of messages, free of Kafka: decode and validate
+    them, and drop the valid events whose ids ``window`` has seen. Returns the fresh events
+    and the rejected messages."""
+    events, rejected = decode_batch(raws, max_bytes)
+    return keep_fresh(events, rejected, window), rejected
+
+
+def _seeded_window(sink: Sink, settings: IngestSettings) -> DedupeWindow:
+    window = DedupeWindow(settings.dedupe_window)
+    window.seed(sink.recent_event_ids(settings.dedupe_window))
+    return window
+
+
+class InlineStage:
+    """Each batch handled at once, on the calling thread."""
+
+    def __init__(self, sink: Sink, settings: IngestSettings) -> None:
+        self.sink = sink
+        self._max_bytes = settings.max_event_bytes
+        self._window = _seeded_window(sink, settings)
+        self._done: list[Outcome] = []
+
+    def submit(self, values: list[bytes | None]) -> None:
+        fresh, rejected = accept(values, self._window, self._max_bytes)
+        self.sink.write(fresh)
+        self._done.append(Outcome(rejected, len(fresh)))
+
+    def completed(self, wait: bool) -> list[Outcome]:
+        done, self._done = self._done, []
+        return done
+
+    def flush(self, offsets: dict[TopicPartition, int], cluster_id: str | None) -> None:
+        self.sink.flush(offsets, cluster_id)
+
+    def checkpoint(self) -> Checkpoint:
+        return self.sink.checkpoint()
+
+    def close(self) -> None:
+        pass
+
+
+#: The shared-memory ring: batches in flight at once, and the bytes each may take (a
+#: larger batch goes through the pipe instead). Pages are only used once touched.
+SLOTS = 4
+SLOT_BYTES = 16 * 1024 * 1024
+_PR_SET_PDEATHSIG = 1
+_LENGTH_BYTES = array("L").itemsize
+
+
+class ProcessStage:
+    """Batches handled by a child process that owns the sink; see the module doc.
+
+    The child dies with the thread that started it (Linux ``PR_SET_PDEATHSIG``), so a
+    consumer killed with SIGKILL leaves no child flushing the sink behind its successor.
+    """
+
+    def __init__(self, sink_factory: SinkFactory, settings: IngestSettings,
+                 start_timeout_s: float = 120.0) -> None:
+        self._max_bytes = settings.max_event_bytes
+        shm_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        fd, path = tempfile.mkstemp(prefix="clickloop-stage-", dir=shm_dir)
+        try:
+            os.ftruncate(fd, SLOTS * SLOT_BYTES)
+            self._ring = mmap.mmap(fd, SLOTS * SLOT_BYTES)
+            os.close(fd)
+            self._free = list(range(SLOTS))
+            self._in_flight: deque[int | None] = deque()
+            self._done: list[Outcome] = []
+            # A plain interpreter running this module, not multiprocessing's spawn: that
+            # would import the caller's __main__ again, which breaks unguarded scripts.
+            ours, theirs = socket.socketpair()
+            with theirs:
+                self._process = subprocess.Popen(
+                    [sys.executable, "-m", "ingest.stages", str(theirs.fileno()), path,
+                     str(os.getpid())], pass_fds=[theirs.fileno()])
+            self._conn = Connection(ours.detach())
+            self._send((sys.path, sink_factory, settings))
+            self._checkpoint: Checkpoint = self._receive("ready", start_timeout_s)[1]
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            os.unlink(path)  # both sides have it mapped; nothing is left behind
+
+    @property
+    def pid(self) -> int:
+        """The apply process's id."""
+        return self._process.pid
+
+    def submit(self, values: list[bytes | None]) -> None:
+        unparsed: dict[int, str] = {}
+        try:
+            lengths = array("L", map(len, values))  # type: ignore[arg-type]
+            oversized = max(lengths, default=0) > self._max_bytes
+        except TypeError:  # a null payload
+            oversized = True
+        if oversized:  # rare: reject before shipping, so the ring never holds 10 MB values
+            for index, value in enumerate(values):
+                if (reason := unparsable(value, self._max_bytes)) is not None:
+                    unparsed[index] = reason
+            values = [b"" if i in unparsed else v for i, v in enumerate(values)]
+            lengths = array("L", map(len, values))  # type: ignore[arg-type]
+        joined = b"\n".join(values)  # type: ignore[arg-type]
+        # The lengths follow the values in the slot: the pipe carries only a few numbers.
+        lengths_bytes = lengths.tobytes()
+        size = len(joined) + len(lengths_bytes)
+        if size <= SLOT_BYTES:
+            while not self._free:
+                self._receive_one(timeout_s=None)
+            slot = self._free.pop()
+            start = slot * SLOT_BYTES
+            self._ring[start:start + len(joined)] = joined
+            self._ring[start + len(joined):start + size] = lengths_bytes
+            self._send(("batch", slot, len(joined), len(values), unparsed))
+            self._in_flight.append(slot)
+        else:
+            self._send(("batch", None, len(joined), len(values), unparsed,
+                        joined + lengths_bytes))
+            self._in_flight.append(None)
+
+    def completed(self, wait: bool) -> list[Outcome]:
+        while self._in_flight and (wait or self._conn.poll()):
+            self._receive_one(timeout_s=None)
+        done, self._done = self._done, []
+        return done
+
+    def flush(self, offsets: dict[TopicPartition, int], cluster_id: str | None) -> None:
+        self._send(("flush", offsets, cluster_id))
+        self._checkpoint = self._receive("flushed")[1]
+
+    def checkpoint(self) -> Checkpoint:
+        return self._checkpoint
+
+    def close(self) -> None:
+        process = getattr(self, "_process", None)
+        if process is not None and process.poll() is None:
+            try:
+                self._send(("close",))
+                self._receive("closed", timeout_s=30.0)
+                process.wait(timeout=10.0)
+            except (StageError, subprocess.TimeoutExpired) as exc:
+                log.warning("the apply process did not close cleanly: %s", exc)
+                process.kill()
+                process.wait()
+        if getattr(self, "_conn", None) is not None:
+            self._conn.close()
+        if getattr(self, "_ring", None) is not None:
+            self._ring.close()
+
+    # ------------------------------------------------------------------ requests, replies
+
+    def _send(self, request: tuple[Any, ...]) -> None:
+        try:
+            self._conn.send(request)
+        except OSError:  # a broken pipe: the process is gone; a failure it reported first
+            while self._conn.poll(0):  # is raised from here, else its exit code
+                self._receive_one(timeout_s=None)
+            raise self._gone() from None
+
+    def _gone(self) -> StageError:
+        try:
+            self._process.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            return StageError("the apply process stopped answering")
+        return StageError(f"the apply process exited with code {self._process.returncode}")
+
+    def _receive(self, kind: str, timeout_s: float | None = None) -> tuple[Any, ...]:
+        """Read replies until the one of ``kind``; batch outcomes on the way are kept."""
+        while True:
+            reply = self._receive_one(timeout_s)
+            if reply[0] == kind:
+                return reply
+
+    def _receive_one(self, timeout_s: float | None) -> tuple[Any, ...]:
+        waited = 0.0
+        while not self._conn.poll(1.0):  # wake up now and then to notice a dead child
+            waited += 1.0
+            if self._process.poll() is not None:
+                raise self._gone()
+            if timeout_s is not None and waited >= timeout_s:
+                raise StageError(f"no reply from the apply process within {timeout_s:.0f} s")
+        try:
+            reply = self._conn.recv()
+        except (EOFError, OSError):
+            raise self._gone() from None
+        if reply[0] == "done":
+            _, slot, rejected, applied = reply
+            expected = self._in_flight.popleft()
+            assert expected == slot, "the apply process answered out of order"
+            if slot is not None:
+                self._free.append(slot)
+            self._done.append(Outcome(rejected, applied))
+        elif reply[0] == "error":
+            raise StageError(f"the apply process failed:\n{reply[1]}")
+        return reply
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the line above ran
+        os._exit(1)
+
+
+def _serve(conn: Connection, path: str, parent_pid: int) -> None:
+    """The apply process: one request at a time, in order, until ``close`` or EOF."""
+    _die_with_parent(parent_pid)
+    try:
+        import_path, sink_factory, settings = conn.recv()
+        sys.path[:] = import_path  # to unpickle the factory as the consumer would import it
+        fd = os.open(path, os.O_RDWR)
+        ring = memoryview(mmap.mmap(fd, SLOTS * SLOT_BYTES))
+        os.close(fd)
+        sink = sink_factory()
+        window = _seeded_window(sink, settings)
+        conn.send(("ready", sink.checkpoint()))
+        while True:
+            request = conn.recv()
+            if request[0] == "batch":
+                slot, size, count, unparsed = request[1:5]
+                end = size + _LENGTH_BYTES * count
+                data = memoryview(request[5]) if slot is None else \
+                    ring[slot * SLOT_BYTES:slot * SLOT_BYTES + end]
+                events, rejected = decode_joined(
+                    data[:size], data[size:end].cast("L"), settings.max_event_bytes, unparsed)
+                fresh = keep_fresh(events, rejected, window)
+                sink.write(fresh)
+                conn.send(("done", slot, rejected, len(fresh)))
+            elif request[0] == "flush":
+                sink.flush(request[1], request[2])
+                conn.send(("flushed", sink.checkpoint()))
+            elif request[0] == "close":
+                conn.send(("closed",))
+                return
+    except EOFError:  # the consumer is gone; what was not flushed was not committed either
+        return
+    except BaseException:  # noqa: BLE001 - reported to the consumer, which raises it
+        conn.send(("error", traceback.format_exc()))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    _serve(Connection(int(sys.argv[1])), sys.argv[2], int(sys.argv[3]))
