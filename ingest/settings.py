@@ -54,8 +54,8 @@ class IngestSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     dlq_max_raw_bytes: Positive = 64 * 1024
     poll_max_records: Positive = 5000
     #: Decode, validate, dedupe and write to the sink in a second process, so the polling
-    #: thread only fetches (``ingest.stages.ProcessStage``); worth it with confluent-kafka
-    #: on a machine with a core to spare.
+    #: thread only fetches (``ingest.stages.ProcessStage``). With confluent-kafka on 2 cores
+    #: it ran 0.97x - 1.39x the rate without it (``benchmarks/README.md``).
     decode_process: bool = False
     poll_timeout_s: PositiveFloat = 0.5
     #: The sink is made durable (and offsets committed) after this many events ...
