@@ -57,7 +57,7 @@ from ingest.producer import EventProducer  # noqa: E402
 from ingest.replay import ParquetTarget, open_log, replay  # noqa: E402
 from ingest.settings import Settings, load_settings  # noqa: E402
 from ingest.sink import NullSink  # noqa: E402
-from ingest.stages import accept  # noqa: E402
+from ingest.stages import InlineStage  # noqa: E402
 from ingest.transport import _ConfluentConsumer, _KafkaPythonConsumer  # noqa: E402
 from simulation.clicks import PositionBasedModel, examination  # noqa: E402
 from simulation.policies import EpsilonGreedyPolicy, popularity_policy  # noqa: E402
@@ -163,20 +163,20 @@ def codec_costs(events: list[Event]) -> dict[str, float]:
     return costs
 
 
-def pipeline_cpu(events: list[Event]) -> dict[str, float]:
+def pipeline_cpu(events: list[Event], base: Settings) -> dict[str, float]:
     """Microseconds of CPU per message for the pipeline's own work (the consumer's
-    :func:`~ingest.consumer.accept`: decode, validate, dedupe; then a no-op sink) with no
-    broker at all: the part of the ratio that is
-    ours, free of broker noise. For the simulated mix and for clicks alone."""
+    :class:`~ingest.stages.InlineStage`: decode, validate, dedupe, a no-op sink) with no
+    broker at all: the part of the ratio that is ours, free of broker noise. For the
+    simulated mix and for clicks alone."""
     costs: dict[str, float] = {}
     for name, chosen in (("mix", events), ("clicks", [e for e in events
                                                       if event_type(e) == "click"])):
-        raws = [encode(e) for e in chosen]
-        window, sink = DedupeWindow(1_000_000), NullSink()
+        raws: list[bytes | None] = [encode(e) for e in chosen]
+        stage = InlineStage(NullSink(), base.ingest)
         started = time.perf_counter()
         for start in range(0, len(raws), 10_000):
-            fresh, _ = accept(raws[start:start + 10_000], window, 1 << 20)
-            sink.write(fresh)
+            stage.submit(raws[start:start + 10_000])
+            stage.completed(wait=True)
         costs[f"{name}_us_per_msg"] = (time.perf_counter() - started) / len(raws) * 1e6
     return costs
 
@@ -278,7 +278,7 @@ def main() -> None:
             task = progress.add_task("simulating events", total=None)
             events = simulated(max(n, n_replay))
             results["codec"] = codec_costs(events[:100_000])
-            results["pipeline_cpu"] = pipeline_cpu(events[:100_000])
+            results["pipeline_cpu"] = pipeline_cpu(events[:100_000], base)
             results["dedupe"] = dedupe_steady_state(base.ingest.dedupe_window, 200_000)
             with EmbeddedBroker() as broker:
                 topic = f"bench-{uuid.uuid4().hex[:8]}"

@@ -76,40 +76,31 @@ class StageError(RuntimeError):
     """The apply process failed or died; its message carries the process's traceback."""
 
 
-def keep_fresh(events: list[Event | None], rejected: list[Rejected], window: DedupeWindow
-               ) -> list[Event]:
-    """The valid events among ``events`` whose ids ``window`` has not seen; adds them."""
-    valid: list[Event] = [e for e in events if e is not None] if rejected \
-        else events  # type: ignore[assignment]
-    return list(compress(valid, window.add_many([e.event_id for e in valid])))
-
-
-def accept(raws: Sequence[bytes | None], window: DedupeWindow, max_bytes: int | None
-           ) -> tuple[list[Event], list[Rejected]]:
-    """The pipeline's work on one batch of messages, free of Kafka: decode and validate
-    them, and drop the valid events whose ids ``window`` has seen. Returns the fresh events
-    and the rejected messages."""
-    events, rejected = decode_batch(raws, max_bytes)
-    return keep_fresh(events, rejected, window), rejected
-
-
-def _seeded_window(sink: Sink, settings: IngestSettings) -> DedupeWindow:
-    window = DedupeWindow(settings.dedupe_window)
-    window.seed(sink.recent_event_ids(settings.dedupe_window))
-    return window
-
-
 class InlineStage:
-    """Each batch handled at once, on the calling thread."""
+    """Each batch handled at once, on the calling thread (and, in the apply process, on its
+    only thread)."""
 
     def __init__(self, sink: Sink, settings: IngestSettings) -> None:
         self.sink = sink
         self._max_bytes = settings.max_event_bytes
-        self._window = _seeded_window(sink, settings)
+        self._window = DedupeWindow(settings.dedupe_window)
+        self._window.seed(sink.recent_event_ids(settings.dedupe_window))
         self._done: list[Outcome] = []
 
     def submit(self, values: list[bytes | None]) -> None:
-        fresh, rejected = accept(values, self._window, self._max_bytes)
+        self._apply(*decode_batch(values, self._max_bytes))
+
+    def submit_joined(self, joined: bytes | memoryview, lengths: Sequence[int],
+                      unparsed: dict[int, str]) -> None:
+        """:meth:`submit` for a batch as the apply process receives it (see
+        :func:`~ingest.codec.decode_joined`)."""
+        self._apply(*decode_joined(joined, lengths, self._max_bytes, unparsed))
+
+    def _apply(self, events: list[Event | None], rejected: list[Rejected]) -> None:
+        """Drop the rejected and the events whose ids the window has seen; write the rest."""
+        valid: list[Event] = [e for e in events if e is not None] if rejected \
+            else events  # type: ignore[assignment]
+        fresh = list(compress(valid, self._window.add_many([e.event_id for e in valid])))
         self.sink.write(fresh)
         self._done.append(Outcome(rejected, len(fresh)))
 
@@ -300,9 +291,8 @@ def _serve(conn: Connection, path: str, parent_pid: int) -> None:
         fd = os.open(path, os.O_RDWR)
         ring = memoryview(mmap.mmap(fd, SLOTS * SLOT_BYTES))
         os.close(fd)
-        sink = sink_factory()
-        window = _seeded_window(sink, settings)
-        conn.send(("ready", sink.checkpoint()))
+        stage = InlineStage(sink_factory(), settings)
+        conn.send(("ready", stage.checkpoint()))
         while True:
             request = conn.recv()
             if request[0] == "batch":
@@ -310,14 +300,12 @@ def _serve(conn: Connection, path: str, parent_pid: int) -> None:
                 end = size + _LENGTH_BYTES * count
                 data = memoryview(request[5]) if slot is None else \
                     ring[slot * SLOT_BYTES:slot * SLOT_BYTES + end]
-                events, rejected = decode_joined(
-                    data[:size], data[size:end].cast("L"), settings.max_event_bytes, unparsed)
-                fresh = keep_fresh(events, rejected, window)
-                sink.write(fresh)
-                conn.send(("done", slot, rejected, len(fresh)))
+                stage.submit_joined(data[:size], data[size:end].cast("L"), unparsed)
+                (outcome,) = stage.completed(wait=True)
+                conn.send(("done", slot, outcome.rejected, outcome.applied))
             elif request[0] == "flush":
-                sink.flush(request[1], request[2])
-                conn.send(("flushed", sink.checkpoint()))
+                stage.flush(request[1], request[2])
+                conn.send(("flushed", stage.checkpoint()))
             elif request[0] == "close":
                 conn.send(("closed",))
                 return
