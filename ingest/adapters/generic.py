@@ -30,6 +30,7 @@ from pathlib import Path
 
 import polars as pl
 
+from ingest.adapters import impressions_with_clicks
 from ingest.frames import SCHEMAS, SLOT_FIELDS, EventFrames
 
 REQUIRED = ("user_id", "item_id", "position", "ts", "clicked")
@@ -126,7 +127,4 @@ def generic_frames(
         .select(list(SCHEMAS["click"]))
         .cast(SCHEMAS["click"])
     )
-    for start in range(0, max(impressions.height, 1), batch_rows):
-        part = impressions.slice(start, batch_rows)
-        yield {"impression": part,
-               "click": clicks.join(part.select("request_id"), on="request_id", how="semi")}
+    yield from impressions_with_clicks(impressions, clicks, batch_rows)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
+from ingest.adapters import impressions_with_clicks
 from ingest.frames import SCHEMAS, EventFrames
 
 
@@ -75,7 +76,4 @@ def obd_frames(path: str | os.PathLike[str], policy: str | None = None,
         event_id=pl.col("request_id") + "-click", ts="ts", user_id="user_id",
         request_id="request_id", item_id="item_id", position="position",
     ).cast(SCHEMAS["click"])
-    for start in range(0, max(impressions.height, 1), batch_rows):
-        part = impressions.slice(start, batch_rows)
-        yield {"impression": part,
-               "click": clicks.join(part.select("request_id"), on="request_id", how="semi")}
+    yield from impressions_with_clicks(impressions, clicks, batch_rows)
