@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import msgspec
@@ -141,9 +140,7 @@ def test_the_apply_process_dies_with_its_consumer(tmp_path: Path) -> None:
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    started = time.monotonic()
     wait_for(lambda: not _alive(child), 10, "the apply process to die with its parent")
-    assert time.monotonic() - started < 10
 
 
 def test_decode_process_needs_a_sink_factory(tmp_path: Path) -> None:
