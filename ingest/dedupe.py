@@ -1,8 +1,15 @@
-"""A bounded window of recently seen event ids."""
+"""Remembering event ids already seen, to drop duplicates.
+
+:class:`DedupeWindow` is the consumer's: the last N ids, one batch of Python strings at a
+time. :class:`IdIndex` is the replay's: every id, a column at a time.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+
+import numpy as np
+import polars as pl
 
 
 class DedupeWindow:
@@ -69,3 +76,60 @@ class DedupeWindow:
         if self._head * 2 > len(self._order):
             del self._order[: self._head]
             self._head = 0
+
+
+class IdIndex:
+    """Every distinct id added so far, for deduplicating whole columns (a replay into a
+    log store that may already hold some of them).
+
+    The ids are kept as a polars column and, for lookups, as their 64-bit hashes in a
+    sorted numpy array: a batch is looked up with one ``searchsorted`` and merged in with
+    one insert, so a batch costs about its own size plus a copy of 8 bytes per stored id,
+    not a hash table rebuilt over everything stored (what a polars anti-join against the
+    stored ids does on every call). Hash matches are confirmed against the ids themselves,
+    so two ids that share a hash are never taken for one.
+    """
+
+    def __init__(self, ids: pl.Series | None = None) -> None:
+        self._hashes = np.empty(0, np.uint64)
+        self._ids = pl.Series("id", [], pl.String)
+        self._id_hashes = pl.Series("hash", [], pl.UInt64)
+        if ids is not None:
+            self.add_new(ids)
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def add_new(self, ids: pl.Series) -> pl.Series:
+        """Add ``ids``; returns the mask of those that are new: not stored already and
+        not earlier in ``ids``."""
+        ids = ids.cast(pl.String).rename("id")
+        hashes = self._hash(ids)
+        where = np.searchsorted(self._hashes, hashes)
+        stored = self._hashes[np.minimum(where, len(self._hashes) - 1)] \
+            if len(self._hashes) else np.zeros_like(hashes)
+        matched = (where < len(self._hashes)) & (stored == hashes)
+        if matched.any():
+            shared = self._id_hashes.is_in(pl.Series(hashes[matched]).implode())
+            candidates = self._ids.filter(shared).implode()
+            matched[matched] = ids.filter(pl.Series(matched)).is_in(candidates).to_numpy()
+        new = ids.is_first_distinct().to_numpy() & ~matched
+        new_hashes = hashes[new]
+        new_hashes.sort()
+        self._hashes = np.insert(self._hashes, np.searchsorted(self._hashes, new_hashes),
+                                 new_hashes)
+        mask = pl.Series(new)
+        self._ids.append(ids.filter(mask))
+        self._id_hashes.append(pl.Series("hash", hashes).filter(mask))
+        if self._ids.n_chunks() > _MAX_CHUNKS:
+            self._ids, self._id_hashes = self._ids.rechunk(), self._id_hashes.rechunk()
+        return mask
+
+    @staticmethod
+    def _hash(ids: pl.Series) -> np.ndarray:
+        return ids.hash(seed=_HASH_SEED).to_numpy()
+
+
+_HASH_SEED = 0x636C69636B6C6F6F  # any fixed seed: the index lives in one process
+#: Appended batches are compacted into one buffer when there are more than this many.
+_MAX_CHUNKS = 64

@@ -6,8 +6,9 @@ Sources, chosen by :func:`open_log` (``format="auto"`` looks at the path):
 - the Open Bandit Dataset CSV (``obd``);
 - any click log with a column mapping (``generic``: CSV, JSON lines, parquet).
 
-JSON lines are validated by the stream's decoder (msgspec, one message at a time); columnar
-logs by the same rules on whole frames (:mod:`ingest.validation`), with no object per event.
+JSON lines are validated by the stream's decoder (msgspec, one message at a time; a large
+log in several worker processes, :mod:`ingest.jsonl_log`); columnar logs by the same rules
+on whole frames (:mod:`ingest.validation`), with no object per event.
 Rejected events are never dropped silently: they are counted and written with their reason
 to a rejects file.
 With ``speed`` set, an event logged ``t`` seconds after the first one is sent ``t / speed``
@@ -28,43 +29,21 @@ import polars as pl
 
 from ingest.adapters.generic import generic_frames
 from ingest.adapters.obd import obd_frames
-from ingest.codec import decode_batch
+from ingest.dedupe import IdIndex
 from ingest.events import EVENT_TYPES
-from ingest.frames import EventFrames, frame_messages, frames_in_time_order, split_events
+from ingest.frames import EventFrames, frame_messages, frames_in_time_order
+from ingest.jsonl_log import ValidatedLines, validated_batches
 from ingest.logstore import CHECKPOINT, ParquetLogStore, iter_frames, scan
 from ingest.producer import EventProducer
 from ingest.validation import validate_frame
 
 LogFormat = Literal["auto", "events", "store", "obd", "generic"]
-#: What a log yields: raw JSON messages, or frames of events by type.
-LogBatch = list[bytes] | EventFrames
-
-
-#: JSON lines are decoded and turned into columns this many at a time, so that the event
-#: objects of a chunk are still in the CPU cache when their columns are read (a whole 32 MB
-#: read at once made the column pass markedly slower).
-DECODE_CHUNK = 10_000
+#: What a log yields: JSON lines already validated, or frames of events by type.
+LogBatch = ValidatedLines | EventFrames
 
 
 class ReplayError(ValueError):
     """The log cannot be replayed as asked."""
-
-
-def jsonl_batches(path: str | os.PathLike[str], chunk_bytes: int = 32 << 20
-                  ) -> Iterator[list[bytes]]:
-    """The non-blank lines of a JSON-lines file, one batch per ``chunk_bytes`` read; the
-    file is split into lines by ``bytes.split`` and stripped by a C-level map, not a loop.
-    A line cut by the end of a read is carried into the next batch."""
-    with open(path, "rb") as handle:
-        rest = b""
-        while chunk := handle.read(chunk_bytes):
-            lines = chunk.split(b"\n")
-            lines[0] = rest + lines[0]
-            rest = lines.pop()
-            if batch := list(filter(None, map(bytes.strip, lines))):
-                yield batch
-        if rest := rest.strip():
-            yield [rest]
 
 
 def detect_format(path: Path) -> LogFormat:
@@ -95,12 +74,17 @@ def open_log(
     mapping: Mapping[str, str] | None = None,
     policy: str | None = None,
     assume_deterministic: bool = False,
+    workers: int = 0,
 ) -> Iterator[LogBatch]:
-    """Batches of events from a log, whatever its format."""
+    """Batches of events from a log, whatever its format. A JSON-lines event log is
+    validated by ``workers`` processes (1: this one; 0: as
+    :func:`ingest.jsonl_log.auto_workers` picks for its size)."""
     path = Path(path)
+    if workers < 0:
+        raise ReplayError(f"workers={workers} must be >= 0 (0: automatic)")
     chosen = detect_format(path) if log_format == "auto" else log_format
     if chosen == "events":
-        return jsonl_batches(path)
+        return validated_batches(path, workers)
     if chosen == "store":
         return iter_frames(path)
     if chosen == "obd":
@@ -169,8 +153,8 @@ class ParquetTarget:
         self.store = ParquetLogStore(root)
         self.flush_rows = flush_rows
         self.duplicates = 0
-        self._seen = pl.concat([scan(root, kind).select("event_id").collect()
-                                for kind in EVENT_TYPES])
+        self._seen = IdIndex(pl.concat([scan(root, kind).select("event_id").collect()
+                                        for kind in EVENT_TYPES])["event_id"])
         self._unflushed = 0
 
     def write(self, frames: EventFrames, clock: EventClock) -> int:
@@ -179,10 +163,8 @@ class ParquetTarget:
             if not frame.height:
                 continue
             clock.wait_until(frame["ts"].max())  # type: ignore[arg-type]
-            fresh = (frame.unique("event_id", keep="first", maintain_order=True)
-                     .join(self._seen, on="event_id", how="anti"))
+            fresh = frame.filter(self._seen.add_new(frame["event_id"]))
             self.duplicates += frame.height - fresh.height
-            self._seen = pl.concat([self._seen, fresh.select("event_id")])
             self.store.write_frames({kind: fresh})
             written += fresh.height
         self._unflushed += written
@@ -234,21 +216,10 @@ class _Rejects:
 
 def _validated(batch: LogBatch, first: int, rejects: _Rejects) -> tuple[EventFrames, int, int]:
     """(valid frames, events read, events rejected) of one batch."""
-    if isinstance(batch, list):
-        parts: list[EventFrames] = []
-        bad = 0
-        for start in range(0, len(batch), DECODE_CHUNK):
-            lines = batch[start:start + DECODE_CHUNK]
-            decoded, rejected = decode_batch(lines)
-            for r in rejected:
-                rejects.add(first + start + r.index + 1, r.reason,
-                            lines[r.index].decode(errors="replace"))
-            parts.append(split_events([e for e in decoded if e is not None]
-                                      if rejected else decoded))
-            bad += len(rejected)
-        kinds = [kind for kind in EVENT_TYPES if any(kind in part for part in parts)]
-        return ({kind: pl.concat([part[kind] for part in parts if kind in part])
-                 for kind in kinds}, len(batch), bad)
+    if isinstance(batch, ValidatedLines):
+        for index, reason, raw in batch.rejected:
+            rejects.add(first + index + 1, reason, raw)
+        return batch.frames, batch.read, len(batch.rejected)
     valid: EventFrames = {}
     read = bad = 0
     for kind, frame in batch.items():

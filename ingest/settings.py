@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 Positive = Annotated[int, msgspec.Meta(gt=0)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 
 ENV_PREFIX = "CLICKLOOP_"
@@ -57,6 +58,9 @@ class IngestSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: thread only fetches (``ingest.stages.ProcessStage``). With confluent-kafka on 2 cores
     #: it ran 0.97x - 1.39x the rate without it (``benchmarks/README.md``).
     decode_process: bool = False
+    #: Processes that validate a JSON-lines event log during a replay; 0 picks one per core
+    #: for a log of 64 MB or more and none (this process) below (``ingest.jsonl_log``).
+    replay_workers: NonNegative = 0
     poll_timeout_s: PositiveFloat = 0.5
     #: The sink is made durable (and offsets committed) after this many events ...
     flush_max_events: Positive = 50_000

@@ -16,16 +16,10 @@ their :class:`Outcome` s come back in that order from :meth:`~ApplyStage.complet
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import mmap
 import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import traceback
 from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -34,6 +28,7 @@ from itertools import compress
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
+from ingest.child import Child, ChildError, Handler, serve
 from ingest.codec import Rejected, decode_batch, decode_joined, unparsable
 from ingest.dedupe import DedupeWindow
 from ingest.events import Event
@@ -72,7 +67,7 @@ class ApplyStage(Protocol):
     def close(self) -> None: ...
 
 
-class StageError(RuntimeError):
+class StageError(ChildError):
     """The apply process failed or died; its message carries the process's traceback."""
 
 
@@ -122,15 +117,14 @@ class InlineStage:
 #: larger batch goes through the pipe instead). Pages are only used once touched.
 SLOTS = 4
 SLOT_BYTES = 16 * 1024 * 1024
-_PR_SET_PDEATHSIG = 1
 _LENGTH_BYTES = array("L").itemsize
 
 
 class ProcessStage:
     """Batches handled by a child process that owns the sink; see the module doc.
 
-    The child dies with the thread that started it (Linux ``PR_SET_PDEATHSIG``), so a
-    consumer killed with SIGKILL leaves no child flushing the sink behind its successor.
+    The child (an :class:`ingest.child.Child`) dies with the consumer, so a consumer killed
+    with SIGKILL leaves no child flushing the sink behind its successor.
     """
 
     def __init__(self, sink_factory: SinkFactory, settings: IngestSettings,
@@ -145,15 +139,8 @@ class ProcessStage:
             self._free = list(range(SLOTS))
             self._in_flight: deque[int | None] = deque()
             self._done: list[Outcome] = []
-            # A plain interpreter running this module, not multiprocessing's spawn: that
-            # would import the caller's __main__ again, which breaks unguarded scripts.
-            ours, theirs = socket.socketpair()
-            with theirs:
-                self._process = subprocess.Popen(
-                    [sys.executable, "-m", "ingest.stages", str(theirs.fileno()), path,
-                     str(os.getpid())], pass_fds=[theirs.fileno()])
-            self._conn = Connection(ours.detach())
-            self._send((sys.path, sink_factory, settings))
+            self._child = Child("ingest.stages", [path], "the apply process", StageError)
+            self._child.send((sink_factory, settings))
             self._checkpoint: Checkpoint = self._receive("ready", start_timeout_s)[1]
         except BaseException:
             self.close()
@@ -164,7 +151,7 @@ class ProcessStage:
     @property
     def pid(self) -> int:
         """The apply process's id."""
-        return self._process.pid
+        return self._child.pid
 
     def submit(self, values: list[bytes | None]) -> None:
         unparsed: dict[int, str] = {}
@@ -190,58 +177,33 @@ class ProcessStage:
             start = slot * SLOT_BYTES
             self._ring[start:start + len(joined)] = joined
             self._ring[start + len(joined):start + size] = lengths_bytes
-            self._send(("batch", slot, len(joined), len(values), unparsed))
+            self._child.send(("batch", slot, len(joined), len(values), unparsed))
             self._in_flight.append(slot)
         else:
-            self._send(("batch", None, len(joined), len(values), unparsed,
-                        joined + lengths_bytes))
+            self._child.send(("batch", None, len(joined), len(values), unparsed,
+                              joined + lengths_bytes))
             self._in_flight.append(None)
 
     def completed(self, wait: bool) -> list[Outcome]:
-        while self._in_flight and (wait or self._conn.poll()):
+        while self._in_flight and (wait or self._child.ready()):
             self._receive_one(timeout_s=None)
         done, self._done = self._done, []
         return done
 
     def flush(self, offsets: dict[TopicPartition, int], cluster_id: str | None) -> None:
-        self._send(("flush", offsets, cluster_id))
+        self._child.send(("flush", offsets, cluster_id))
         self._checkpoint = self._receive("flushed")[1]
 
     def checkpoint(self) -> Checkpoint:
         return self._checkpoint
 
     def close(self) -> None:
-        process = getattr(self, "_process", None)
-        if process is not None and process.poll() is None:
-            try:
-                self._send(("close",))
-                self._receive("closed", timeout_s=30.0)
-                process.wait(timeout=10.0)
-            except (StageError, subprocess.TimeoutExpired) as exc:
-                log.warning("the apply process did not close cleanly: %s", exc)
-                process.kill()
-                process.wait()
-        if getattr(self, "_conn", None) is not None:
-            self._conn.close()
+        if getattr(self, "_child", None) is not None:
+            self._child.close(("close",))
         if getattr(self, "_ring", None) is not None:
             self._ring.close()
 
-    # ------------------------------------------------------------------ requests, replies
-
-    def _send(self, request: tuple[Any, ...]) -> None:
-        try:
-            self._conn.send(request)
-        except OSError:  # a broken pipe: the process is gone; a failure it reported first
-            while self._conn.poll(0):  # is raised from here, else its exit code
-                self._receive_one(timeout_s=None)
-            raise self._gone() from None
-
-    def _gone(self) -> StageError:
-        try:
-            self._process.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:
-            return StageError("the apply process stopped answering")
-        return StageError(f"the apply process exited with code {self._process.returncode}")
+    # ------------------------------------------------------------------ replies
 
     def _receive(self, kind: str, timeout_s: float | None = None) -> tuple[Any, ...]:
         """Read replies until the one of ``kind``; batch outcomes on the way are kept."""
@@ -251,17 +213,7 @@ class ProcessStage:
                 return reply
 
     def _receive_one(self, timeout_s: float | None) -> tuple[Any, ...]:
-        waited = 0.0
-        while not self._conn.poll(1.0):  # wake up now and then to notice a dead child
-            waited += 1.0
-            if self._process.poll() is not None:
-                raise self._gone()
-            if timeout_s is not None and waited >= timeout_s:
-                raise StageError(f"no reply from the apply process within {timeout_s:.0f} s")
-        try:
-            reply = self._conn.recv()
-        except (EOFError, OSError):
-            raise self._gone() from None
+        reply = self._child.receive(timeout_s)
         if reply[0] == "done":
             _, slot, rejected, applied = reply
             expected = self._in_flight.popleft()
@@ -269,52 +221,32 @@ class ProcessStage:
             if slot is not None:
                 self._free.append(slot)
             self._done.append(Outcome(rejected, applied))
-        elif reply[0] == "error":
-            raise StageError(f"the apply process failed:\n{reply[1]}")
         return reply
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # the parent died before the line above ran
-        os._exit(1)
+def _start(conn: Connection, args: list[str]) -> Handler:
+    """The apply process: builds the sink, maps the ring, answers batches and flushes."""
+    sink_factory, settings = conn.recv()
+    fd = os.open(args[0], os.O_RDWR)
+    ring = memoryview(mmap.mmap(fd, SLOTS * SLOT_BYTES))
+    os.close(fd)
+    stage = InlineStage(sink_factory(), settings)
+    conn.send(("ready", stage.checkpoint()))
 
+    def handle(request: tuple[Any, ...]) -> tuple[Any, ...]:
+        if request[0] == "flush":
+            stage.flush(request[1], request[2])
+            return ("flushed", stage.checkpoint())
+        slot, size, count, unparsed = request[1:5]  # a batch
+        end = size + _LENGTH_BYTES * count
+        data = memoryview(request[5]) if slot is None else \
+            ring[slot * SLOT_BYTES:slot * SLOT_BYTES + end]
+        stage.submit_joined(data[:size], data[size:end].cast("L"), unparsed)
+        (outcome,) = stage.completed(wait=True)
+        return ("done", slot, outcome.rejected, outcome.applied)
 
-def _serve(conn: Connection, path: str, parent_pid: int) -> None:
-    """The apply process: one request at a time, in order, until ``close`` or EOF."""
-    _die_with_parent(parent_pid)
-    try:
-        import_path, sink_factory, settings = conn.recv()
-        sys.path[:] = import_path  # to unpickle the factory as the consumer would import it
-        fd = os.open(path, os.O_RDWR)
-        ring = memoryview(mmap.mmap(fd, SLOTS * SLOT_BYTES))
-        os.close(fd)
-        stage = InlineStage(sink_factory(), settings)
-        conn.send(("ready", stage.checkpoint()))
-        while True:
-            request = conn.recv()
-            if request[0] == "batch":
-                slot, size, count, unparsed = request[1:5]
-                end = size + _LENGTH_BYTES * count
-                data = memoryview(request[5]) if slot is None else \
-                    ring[slot * SLOT_BYTES:slot * SLOT_BYTES + end]
-                stage.submit_joined(data[:size], data[size:end].cast("L"), unparsed)
-                (outcome,) = stage.completed(wait=True)
-                conn.send(("done", slot, outcome.rejected, outcome.applied))
-            elif request[0] == "flush":
-                stage.flush(request[1], request[2])
-                conn.send(("flushed", stage.checkpoint()))
-            elif request[0] == "close":
-                conn.send(("closed",))
-                return
-    except EOFError:  # the consumer is gone; what was not flushed was not committed either
-        return
-    except BaseException:  # noqa: BLE001 - reported to the consumer, which raises it
-        conn.send(("error", traceback.format_exc()))
-        sys.exit(1)
+    return handle
 
 
 if __name__ == "__main__":
-    _serve(Connection(int(sys.argv[1])), sys.argv[2], int(sys.argv[3]))
+    serve(_start)

@@ -183,8 +183,9 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from ingest.replay import ReplayError, open_log
 
     try:
+        workers = settings.ingest.replay_workers if args.workers is None else args.workers
         batches = open_log(args.log, args.format, _mapping(args.map), args.policy,
-                           args.deterministic)
+                           args.deterministic, workers)
         summary = _replay_to_target(args, settings, batches, f"replay {args.log} → {args.to}",
                                     speed=args.speed)
     except (ReplayError, MappingError) as exc:
@@ -343,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "deterministic, so every propensity is 1")
     p.add_argument("--speed", type=float,
                    help="scale event time: 60 replays an hour in a minute (default: full speed)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="clickloop JSON lines: processes that validate the log side by side "
+                   "(1: none besides this one; default: setting ingest.replay_workers, where "
+                   "0 means one per core for a log of 64 MB or more)")
     p.set_defaults(func=cmd_replay)
 
     p = commands.add_parser("simulate", help="simulate a click log into Kafka or parquet",

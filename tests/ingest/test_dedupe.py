@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+import polars as pl
 import pytest
 
-from ingest.dedupe import DedupeWindow
+from ingest.dedupe import DedupeWindow, IdIndex
 
 
 def test_window_drops_repeats_and_forgets_the_oldest() -> None:
@@ -44,3 +46,31 @@ def test_the_window_matches_a_reference_over_a_long_random_stream() -> None:
         reference = reference[-capacity:]
         assert window.add_many(batch) == expected
         assert len(window) == len(reference) and all(e in window for e in reference)
+
+
+def _set_semantics(batches: list[list[str]], seeded: list[str]) -> list[list[bool]]:
+    seen = set(seeded)
+    flags = []
+    for batch in batches:
+        flags.append([i not in seen and not seen.add(i) for i in batch])  # type: ignore[func-returns-value]
+    return flags
+
+
+class _FewHashes(IdIndex):
+    """Every id hashed to one of 3 values: every lookup is a hash match to confirm."""
+
+    @staticmethod
+    def _hash(ids: pl.Series) -> np.ndarray:
+        return (ids.str.len_bytes() % 3).cast(pl.UInt64).to_numpy()
+
+
+@pytest.mark.parametrize("index_type", [IdIndex, _FewHashes])
+def test_id_index_marks_what_a_set_would(index_type: type[IdIndex]) -> None:
+    rng = random.Random(7)
+    seeded = [f"id{rng.randrange(3000)}" for _ in range(500)]
+    batches = [[f"id{rng.randrange(3000)}" for _ in range(rng.randrange(0, 700))]
+               for _ in range(12)]
+    index = index_type(pl.Series(seeded))
+    got = [index.add_new(pl.Series(batch, dtype=pl.String)).to_list() for batch in batches]
+    assert got == _set_semantics(batches, seeded)
+    assert len(index) == len(set(seeded) | {i for b in batches for i in b})

@@ -14,14 +14,13 @@ from ingest.codec import encode
 from ingest.consumer import EventConsumer
 from ingest.events import Click
 from ingest.joins import join_log
+from ingest.jsonl_log import DECODE_CHUNK, jsonl_batches
 from ingest.logstore import scan
 from ingest.producer import EventProducer
 from ingest.replay import (
-    DECODE_CHUNK,
     KafkaTarget,
     ParquetTarget,
     ReplayError,
-    jsonl_batches,
     open_log,
     replay,
 )

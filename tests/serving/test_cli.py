@@ -65,6 +65,14 @@ def test_replay_command_writes_the_store_and_reports(tmp_path: Path) -> None:
     assert "501" in result.stderr and "1 rejected" in result.stderr
     assert scan(tmp_path / "s", "click").collect().height == 500
     assert "not valid JSON" in (tmp_path / "rejects.jsonl").read_text()
+    parallel = clickloop("replay", str(log), "--to", "parquet", "--out", str(tmp_path / "p"),
+                         "--workers", "2", "--rejects", str(tmp_path / "p.jsonl"), cwd=tmp_path)
+    assert parallel.returncode == 0, parallel.stderr
+    assert scan(tmp_path / "p", "click").collect().equals(scan(tmp_path / "s", "click").collect())
+    assert (tmp_path / "p.jsonl").read_text() == (tmp_path / "rejects.jsonl").read_text()
+    negative = clickloop("replay", str(log), "--to", "parquet", "--out", "x", "--workers", "-1",
+                         cwd=tmp_path)
+    assert negative.returncode == 2 and "workers=-1 must be >= 0" in negative.stderr
 
 
 def test_simulate_command_writes_a_log_that_joins_back(tmp_path: Path) -> None:

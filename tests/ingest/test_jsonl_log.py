@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from ingest.child import ChildError
+from ingest.codec import encode
+from ingest.events import Click, Dwell, Impression, Slot
+from ingest.jsonl_log import (
+    PARALLEL_MIN_BYTES,
+    auto_workers,
+    line_ranges,
+    read_lines,
+    validated_batches,
+)
+
+
+def _log(path: Path, n: int, seed: int = 3) -> Path:
+    """n events (impressions, clicks, dwell), a bad line every 97th and blank lines."""
+    rng = random.Random(seed)
+    lines: list[bytes] = []
+    for i in range(n):
+        if i % 97 == 50:
+            lines.append(rng.choice([b"{oops", b'{"type":"click"}', b"[]",
+                                     b'{"type":"nope","event_id":"x"}']))
+        elif i % 3 == 0:
+            slots = [Slot(item_id=f"i{rng.randrange(50)}-{p}", position=p, score=1.0 / p,
+                          propensity=0.5) for p in range(1, 4)]
+            lines.append(encode(Impression(event_id=f"e{i}", ts=float(i), user_id="u",
+                                           request_id=f"r{i}", slots=slots, policy="p")))
+        elif i % 3 == 1:
+            lines.append(encode(Click(event_id=f"e{i}", ts=float(i), user_id="u",
+                                      request_id=f"r{i - 1}", item_id="i1-1", position=1)))
+        else:
+            lines.append(encode(Dwell(event_id=f"e{i}", ts=float(i), user_id="u",
+                                      request_id=f"r{i - 2}", item_id="i1-1", seconds=3.5)))
+        if i % 500 == 7:
+            lines.append(b"   ")
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def _merged(batches) -> tuple[dict, int, list]:  # type: ignore[no-untyped-def]
+    import polars as pl
+
+    frames: dict[str, list[pl.DataFrame]] = {}
+    read, rejected = 0, []
+    for batch in batches:
+        for kind, frame in batch.frames.items():
+            frames.setdefault(kind, []).append(frame)
+        rejected += [(read + index + 1, reason, raw) for index, reason, raw in batch.rejected]
+        read += batch.read
+    return {k: pl.concat(v) for k, v in frames.items()}, read, rejected
+
+
+def test_workers_give_what_one_process_gives(tmp_path: Path) -> None:
+    log = _log(tmp_path / "log.jsonl", 6000)
+    serial = _merged(validated_batches(log, workers=1))
+    parallel = _merged(validated_batches(log, workers=3, range_bytes=40_000))
+    assert os.path.getsize(log) > 20 * 40_000  # many ranges, several per worker
+    assert serial[1] == parallel[1] == 6000  # bad lines are read, blank ones are not
+    assert serial[2] == parallel[2] and len(serial[2]) == len(range(50, 6000, 97))
+    assert serial[0].keys() == parallel[0].keys() == {"impression", "click", "dwell"}
+    for kind in serial[0]:
+        assert serial[0][kind].equals(parallel[0][kind])
+
+
+def test_line_ranges_cover_the_file_on_line_boundaries(tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(b"\n".join(b"x" * random.Random(i).randrange(1, 300)
+                               for i in range(2000)) + b"\nno-newline-at-end")
+    ranges = line_ranges(log, 1000)
+    data = log.read_bytes()
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(data)
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+    assert all(data[end - 1:end] == b"\n" for _, end in ranges[:-1])
+    lines = [line for start, end in ranges for line in read_lines(log, start, end)]
+    assert lines == data.split(b"\n")
+
+
+def test_small_logs_stay_in_this_process(tmp_path: Path) -> None:
+    log = _log(tmp_path / "log.jsonl", 100)
+    assert os.path.getsize(log) < PARALLEL_MIN_BYTES
+    assert auto_workers(log) == 1 and auto_workers(log, 3) == 3
+
+
+def test_a_worker_failure_is_raised_with_its_reason(tmp_path: Path) -> None:
+    log = _log(tmp_path / "log.jsonl", 6000)
+    batches = validated_batches(log, workers=2, range_bytes=10_000)
+    next(batches)
+    log.unlink()  # the workers open the file for each range
+    with pytest.raises(ChildError, match="(?s)JSON-lines worker . failed.*FileNotFoundError"):
+        for _ in batches:
+            pass
+
+
+def _children() -> set[int]:
+    pid = os.getpid()
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_abandoning_a_parallel_read_stops_its_workers(tmp_path: Path) -> None:
+    log = _log(tmp_path / "log.jsonl", 6000)
+    before = _children()
+    batches = validated_batches(log, workers=2, range_bytes=10_000)
+    next(batches)
+    assert len(_children() - before) == 2
+    batches.close()
+    deadline = time.monotonic() + 10
+    while _children() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _children() - before
