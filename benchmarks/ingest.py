@@ -44,6 +44,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 import msgspec  # noqa: E402
+import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
@@ -52,7 +53,7 @@ from rich.table import Table  # noqa: E402
 from ingest.broker import EmbeddedBroker  # noqa: E402
 from ingest.codec import decode_batch, encode  # noqa: E402
 from ingest.consumer import EventConsumer  # noqa: E402
-from ingest.dedupe import DedupeWindow  # noqa: E402
+from ingest.dedupe import DedupeWindow, IdIndex  # noqa: E402
 from ingest.events import Event, event_type  # noqa: E402
 from ingest.frames import split_events  # noqa: E402
 from ingest.joins import impression_click_join  # noqa: E402
@@ -222,9 +223,39 @@ def dedupe_steady_state(capacity: int, n: int) -> dict[str, float]:
             "dict_first_key_eviction_us_per_id": dict_us}
 
 
-def replay_rates(events: list[Event], workdir: Path) -> dict[str, dict[str, float]]:
-    """Replay to parquet from two kinds of log (the JSON lines in one process and with the
-    default workers), each against polars alone reading that log and writing
+def id_index_against_anti_join(n: int, batch: int) -> dict[str, float]:
+    """Microseconds per id to drop repeats from ``n`` ids (2% repeats of earlier ones)
+    arriving ``batch`` at a time against every id stored so far: :class:`IdIndex`, and what
+    the replay's parquet target did before it (first occurrences in the batch, an anti-join
+    against the stored ids, then the new ones appended). Both must keep the same ids."""
+    rng = np.random.default_rng(0)
+    index = np.arange(n)
+    repeats = rng.choice(np.arange(batch, n), n // 50, replace=False)
+    index[repeats] = rng.integers(0, repeats)  # an id from before it
+    ids = pl.Series("event_id", [f"e{i}" for i in index])
+    batches = [ids.slice(start, batch) for start in range(0, n, batch)]
+    started = time.perf_counter()
+    id_index, kept_by_index = IdIndex(), 0
+    for part in batches:
+        kept_by_index += int(id_index.add_new(part).sum())
+    index_us = (time.perf_counter() - started) / n * 1e6
+    started = time.perf_counter()
+    stored, kept_by_join = pl.DataFrame(schema={"event_id": pl.String}), 0
+    for part in batches:
+        fresh = (part.to_frame().unique("event_id", keep="first", maintain_order=True)
+                 .join(stored, on="event_id", how="anti"))
+        stored = pl.concat([stored, fresh])
+        kept_by_join += fresh.height
+    join_us = (time.perf_counter() - started) / n * 1e6
+    assert kept_by_index == kept_by_join == ids.n_unique()
+    return {"ids": n, "batch": batch, "id_index_us_per_id": index_us,
+            "anti_join_us_per_id": join_us}
+
+
+def replay_rates(events: list[Event], workdir: Path, asked_workers: int
+                 ) -> dict[str, dict[str, float]]:
+    """Replay to parquet from two kinds of log (the JSON lines in one process and with
+    ``asked_workers``, 0 as by default), each against polars alone reading that log and writing
     parquet with no validation (the I/O floor, measured in the same run)."""
     rates: dict[str, dict[str, float]] = {}
     # 1. clickloop's own JSON-lines event log: msgspec validates one message at a time.
@@ -238,9 +269,10 @@ def replay_rates(events: list[Event], workdir: Path) -> dict[str, dict[str, floa
     for name, log, fmt, workers, read, runs in (
         ("events_jsonl", jsonl, "events", 1,
          lambda: pl.read_ndjson(jsonl, infer_schema_length=None), 1),
-        # As a replay runs by default: worker processes for a log this large (their
-        # start-up, an interpreter importing polars each, is inside the time).
-        ("events_jsonl_auto", jsonl, "events", 0,
+        # As a replay runs by default (workers for a log this large) or as asked; the
+        # workers' start-up, an interpreter importing polars each, is inside the time.
+        ("events_jsonl_auto" if asked_workers == 0 else f"events_jsonl_{asked_workers}_workers",
+         jsonl, "events", asked_workers,
          lambda: pl.read_ndjson(jsonl, infer_schema_length=None), 1),
         ("clicklog_parquet", table, "generic", 0, lambda: pl.read_parquet(table), 3),
     ):
@@ -268,6 +300,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
     parser.add_argument("--messages", type=int, help="messages per consume run")
     parser.add_argument("--replay-events", type=int, help="events in the replay log")
+    parser.add_argument("--replay-workers", type=int, default=0, metavar="N",
+                        help="workers for the second JSON-lines replay (default 0: as a replay "
+                        "picks them, one per core for a log of 64 MB or more)")
     parser.add_argument("--out", default="benchmarks/results/ingest.json")
     args = parser.parse_args()
     # kafka-python reads ~30k msg/s here, confluent-kafka ~20x more (the raw rows below):
@@ -291,6 +326,7 @@ def main() -> None:
             results["codec"] = codec_costs(events[:100_000])
             results["pipeline_cpu"] = pipeline_cpu(events[:100_000], base)
             results["dedupe"] = dedupe_steady_state(base.ingest.dedupe_window, 200_000)
+            results["id_index"] = id_index_against_anti_join(1_000_000, 25_000)
             with EmbeddedBroker() as broker:
                 topic = f"bench-{uuid.uuid4().hex[:8]}"
                 producing = settings_for(base, backends[-1], topic, workdir)
@@ -321,7 +357,8 @@ def main() -> None:
                         results["backends"][backend]["raw_default_backoff_msgs_per_s"] = \
                             raw_consume(default, broker.bootstrap, count)
             progress.update(task, description=f"replaying {n_replay:,} events to parquet")
-            results["replay_to_parquet"] = replay_rates(events[:n_replay], workdir)
+            results["replay_to_parquet"] = replay_rates(events[:n_replay], workdir,
+                                                        args.replay_workers)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -355,6 +392,11 @@ def main() -> None:
         f"{dedupe['plain_set_us_per_id']:.2f} µs/id; dict evicting its first key, "
         "100k evictions in: "
         f"{dedupe['dict_first_key_eviction_us_per_id']:.1f} µs/id)")
+    index = results["id_index"]
+    console.print(
+        f"dedupe of {index['ids']:,} ids against all stored, {index['batch']:,} a batch: "
+        f"IdIndex {index['id_index_us_per_id']:.2f} µs/id; anti-join against the stored ids "
+        f"(the replay target before it): {index['anti_join_us_per_id']:.2f} µs/id")
     replay_table = Table(title="replay to parquet")
     for name in ("log", "events", "processes", "replay events/s", "polars-only floor rows/s",
                  "target"):
