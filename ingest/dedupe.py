@@ -105,19 +105,22 @@ class IdIndex:
         not earlier in ``ids``."""
         ids = ids.cast(pl.String).rename("id")
         hashes = self._hash(ids)
-        where = np.searchsorted(self._hashes, hashes)
-        stored = self._hashes[np.minimum(where, len(self._hashes) - 1)] \
-            if len(self._hashes) else np.zeros_like(hashes)
-        matched = (where < len(self._hashes)) & (stored == hashes)
+        # Looked up in sorted order: numpy's binary search then starts each search where
+        # the last one ended, instead of at random places in a large array.
+        order = np.argsort(hashes)
+        ordered = hashes[order]
+        where = np.searchsorted(self._hashes, ordered)  # also where new hashes go in
+        matched = np.zeros(len(hashes), bool)
+        if len(self._hashes):
+            # Past the last stored hash, the last one stands in: it cannot be equal.
+            matched[order] = self._hashes[np.minimum(where, len(self._hashes) - 1)] == ordered
         if matched.any():
             shared = self._id_hashes.is_in(pl.Series(hashes[matched]).implode())
             candidates = self._ids.filter(shared).implode()
             matched[matched] = ids.filter(pl.Series(matched)).is_in(candidates).to_numpy()
         new = ids.is_first_distinct().to_numpy() & ~matched
-        new_hashes = hashes[new]
-        new_hashes.sort()
-        self._hashes = np.insert(self._hashes, np.searchsorted(self._hashes, new_hashes),
-                                 new_hashes)
+        new_in_order = new[order]
+        self._hashes = np.insert(self._hashes, where[new_in_order], ordered[new_in_order])
         mask = pl.Series(new)
         self._ids.append(ids.filter(mask))
         self._id_hashes.append(pl.Series("hash", hashes).filter(mask))

@@ -2,8 +2,8 @@
 
 Every line is decoded by the stream's decoder (:func:`ingest.codec.decode_batch`: the same
 contract and the same wording of reasons as the consumer), and the good events become one
-frame per type (:func:`ingest.frames.split_events`). That costs about 2 µs of Python a
-line, so a large log is cut into line-aligned byte ranges which worker processes
+frame per type (:func:`ingest.frames.split_events`): Python work for every line, so a
+large log is cut into line-aligned byte ranges which worker processes
 (:class:`ingest.child.Child`) validate side by side; their results come back in file order,
 so the replay is the same as in one process, only sooner (``benchmarks/ingest.py`` times
 both).
@@ -32,8 +32,10 @@ from ingest.frames import EventFrames, split_events
 #: objects of a chunk are still in the CPU cache when their columns are read (a whole 32 MB
 #: read at once made the column pass markedly slower).
 DECODE_CHUNK = 10_000
-#: A log smaller than this is read in one process: starting a worker (an interpreter that
-#: imports polars) costs about as long as one process takes for this much log.
+#: A log smaller than this is read in one process: the workers' start (an interpreter
+#: importing polars each) eats what they save. A 200k-event (41 MB) log replayed at 237k
+#: events/s with 2 workers against 321k in one process, on 2 cores (``benchmarks/ingest.py
+#: --quick --replay-events 200000 --replay-workers 2``).
 PARALLEL_MIN_BYTES = 64 << 20
 #: The most workers :func:`auto_workers` picks.
 MAX_AUTO_WORKERS = 8
@@ -71,23 +73,6 @@ def validate_lines(lines: list[bytes]) -> ValidatedLines:
     return ValidatedLines(frames, len(lines), rejected)
 
 
-def jsonl_batches(path: str | os.PathLike[str], chunk_bytes: int = 32 << 20
-                  ) -> Iterator[list[bytes]]:
-    """The non-blank lines of a JSON-lines file, one batch per ``chunk_bytes`` read; the
-    file is split into lines by ``bytes.split`` and stripped by a C-level map, not a loop.
-    A line cut by the end of a read is carried into the next batch."""
-    with open(path, "rb") as handle:
-        rest = b""
-        while chunk := handle.read(chunk_bytes):
-            lines = chunk.split(b"\n")
-            lines[0] = rest + lines[0]
-            rest = lines.pop()
-            if batch := list(filter(None, map(bytes.strip, lines))):
-                yield batch
-        if rest := rest.strip():
-            yield [rest]
-
-
 def line_ranges(path: str | os.PathLike[str], range_bytes: int) -> list[tuple[int, int]]:
     """``(start, end)`` byte ranges covering the file, each about ``range_bytes`` long and
     ending just after a newline (or at the end of the file)."""
@@ -105,11 +90,21 @@ def line_ranges(path: str | os.PathLike[str], range_bytes: int) -> list[tuple[in
 
 
 def read_lines(path: str | os.PathLike[str], start: int, end: int) -> list[bytes]:
-    """The non-blank lines in bytes ``[start, end)`` of a file."""
+    """The non-blank lines in bytes ``[start, end)`` of a file, stripped (``\r`` too), split
+    and filtered by C-level calls, not a Python loop."""
     with open(path, "rb") as handle:
         handle.seek(start)
         data = handle.read(end - start)
     return list(filter(None, map(bytes.strip, data.split(b"\n"))))
+
+
+def jsonl_batches(path: str | os.PathLike[str], chunk_bytes: int = MAX_RANGE_BYTES
+                  ) -> Iterator[list[bytes]]:
+    """The non-blank lines of a JSON-lines file, a :func:`line_ranges` range at a time
+    (the ranges workers get, read the same way)."""
+    for start, end in line_ranges(path, chunk_bytes):
+        if lines := read_lines(path, start, end):
+            yield lines
 
 
 def auto_workers(path: str | os.PathLike[str], requested: int = 0) -> int:
@@ -148,12 +143,11 @@ def _in_workers(path: str, ranges: list[tuple[int, int]], count: int
     try:
         children = [Child("ingest.jsonl_log", [path], f"JSON-lines worker {i + 1}")
                     for i in range(min(count, len(ranges)))]
-        pending = deque(enumerate(ranges))
+        pending = deque(ranges)
 
         def give(worker: int) -> None:
             if pending:
-                _, (start, end) = pending.popleft()
-                children[worker].send(("range", start, end))
+                children[worker].send(("range", *pending.popleft()))
 
         for _ in range(_QUEUED_PER_WORKER):
             for worker in range(len(children)):
