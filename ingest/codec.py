@@ -22,6 +22,9 @@ _raw_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 _NEWLINE = ord("\n")
 
+#: An object closing and another opening on one line: msgspec's ``decode_lines`` reads both,
+#: where a line (a message) must hold exactly one event.
+_TWO_VALUES = re.compile(rb"\}[ \t\r]*\{")
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _PATH_PART = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+)\]")
 
@@ -146,6 +149,23 @@ def decode_batch(
     return decoded, rejected
 
 
+def decode_lines(text: bytes | memoryview) -> list[Event] | None:
+    """The events on the non-blank lines of ``text``, decoded in one msgspec call, when
+    every such line holds one valid event; ``None`` when one does not (decode the lines one
+    by one, with :func:`decode_batch`, to find and word the rejections).
+
+    Lines that look like two objects are sent the slow way first (now and then a string
+    value looks so too; it only costs time), so a line holding two events is rejected,
+    as it is when decoded alone.
+    """
+    if _TWO_VALUES.search(text):
+        return None
+    try:
+        return _decoder.decode_lines(text)
+    except msgspec.DecodeError:  # ValidationError included
+        return None
+
+
 def decode_joined(
     joined: bytes | memoryview, lengths: Sequence[int], max_bytes: int | None = None,
     unparsed: Mapping[int, str] | None = None,
@@ -154,20 +174,17 @@ def decode_joined(
     (how :class:`ingest.stages.ProcessStage` ships a batch), given each message's length.
 
     When no message contains a newline (the buffer holds exactly ``len(lengths) - 1``) the
-    buffer is newline-delimited JSON with one message per line, and msgspec decodes it in
-    one call. Otherwise, or at the first invalid message, the messages are cut out and
+    buffer is newline-delimited JSON with one message per line, decoded by
+    :func:`decode_lines` in one call. Otherwise, or at the first invalid message, the messages are cut out and
     decoded one by one. ``unparsed`` maps the indices of messages the sender already
     rejected without shipping them (see :func:`unparsable`) to their reasons.
     """
     count = len(lengths)
     if not unparsed and count and (max_bytes is None or max(lengths) <= max_bytes) \
             and np.count_nonzero(np.frombuffer(joined, np.uint8) == _NEWLINE) == count - 1:
-        try:
-            events = _decoder.decode_lines(joined)
-            if len(events) == count:  # fewer when a message was empty or blank
-                return events, []
-        except msgspec.DecodeError:
-            pass
+        events = decode_lines(joined)
+        if events is not None and len(events) == count:  # fewer when one was blank
+            return events, []
     unparsed = unparsed or {}
     view = memoryview(joined)
     raws: list[bytes | None] = []

@@ -13,6 +13,7 @@ Line numbers count non-blank lines from 1, in one process or many.
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections import deque
 from collections.abc import Iterator
@@ -24,14 +25,14 @@ from typing import Any
 import polars as pl
 
 from ingest.child import Child, Handler, serve
-from ingest.codec import decode_batch
+from ingest.codec import decode_batch, decode_lines
 from ingest.events import EVENT_TYPES
 from ingest.frames import EventFrames, split_events
 
-#: Lines are decoded and turned into columns this many at a time, so that the event
-#: objects of a chunk are still in the CPU cache when their columns are read (a whole 32 MB
-#: read at once made the column pass markedly slower).
-DECODE_CHUNK = 10_000
+#: Lines are decoded and turned into columns about this many bytes (some 10,000 events) at
+#: a time, so that the event objects of a piece are still in the CPU cache when their
+#: columns are read (a whole 32 MB range at once made the column pass markedly slower).
+DECODE_BYTES = 2 << 20
 #: A log smaller than this is read in one process: the workers' start (an interpreter
 #: importing polars each) eats what they save. A 200k-event (41 MB) log replayed at 237k
 #: events/s with 2 workers against 321k in one process, on 2 cores (``benchmarks/ingest.py
@@ -57,54 +58,74 @@ class ValidatedLines:
     rejected: list[tuple[int, str, str]] = field(default_factory=list)
 
 
-def validate_lines(lines: list[bytes]) -> ValidatedLines:
-    """Decode and validate ``lines`` (one event each) into frames of the good events."""
+def validate_text(text: bytes) -> ValidatedLines:
+    """Decode and validate the lines of ``text`` (one event each, blank ones skipped) into
+    frames of the good events.
+
+    A piece whose lines are all good is decoded in one msgspec call
+    (:func:`ingest.codec.decode_lines`), with no line split out; a piece with a bad line is
+    split and decoded line by line, to find and word each rejection."""
     parts: list[EventFrames] = []
     rejected: list[tuple[int, str, str]] = []
-    for start in range(0, len(lines), DECODE_CHUNK):
-        chunk = lines[start:start + DECODE_CHUNK]
-        decoded, bad = decode_batch(chunk)
-        rejected += [(start + r.index, r.reason, chunk[r.index].decode(errors="replace"))
-                     for r in bad]
-        parts.append(split_events([e for e in decoded if e is not None] if bad else decoded))
+    read = 0
+    view = memoryview(text)
+    for start, end in line_cuts(text, DECODE_BYTES):
+        events = decode_lines(view[start:end])
+        if events is None:
+            lines = split_lines(view[start:end])
+            decoded, bad = decode_batch(lines)
+            rejected += [(read + r.index, r.reason, lines[r.index].decode(errors="replace"))
+                         for r in bad]
+            events = [e for e in decoded if e is not None] if bad else decoded
+            read += len(lines)
+        else:
+            read += len(events)
+        parts.append(split_events(events))
     kinds = [kind for kind in EVENT_TYPES if any(kind in part for part in parts)]
     frames = {kind: pl.concat([part[kind] for part in parts if kind in part])
               for kind in kinds}
-    return ValidatedLines(frames, len(lines), rejected)
+    return ValidatedLines(frames, read, rejected)
+
+
+def line_cuts(text: bytes | mmap.mmap, size: int) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` offsets covering ``text``, each about ``size`` bytes long and ending
+    just after a newline (or at the end)."""
+    start = 0
+    while start < len(text):
+        newline = text.find(b"\n", start + size - 1)  # the end of the line the cut fell in
+        end = len(text) if newline < 0 else newline + 1
+        yield start, end
+        start = end
 
 
 def line_ranges(path: str | os.PathLike[str], range_bytes: int) -> list[tuple[int, int]]:
-    """``(start, end)`` byte ranges covering the file, each about ``range_bytes`` long and
-    ending just after a newline (or at the end of the file)."""
-    size = os.path.getsize(path)
-    ranges: list[tuple[int, int]] = []
-    start = 0
-    with open(path, "rb") as handle:
-        while start < size:
-            handle.seek(min(start + range_bytes, size))
-            handle.readline()  # on to the end of the line the cut fell in
-            end = min(handle.tell(), size)
-            ranges.append((start, end))
-            start = end
-    return ranges
+    """:func:`line_cuts` of a file, found without reading more of it than the page after
+    each cut."""
+    if os.path.getsize(path) == 0:
+        return []
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ
+                                                ) as mapped:
+        return list(line_cuts(mapped, range_bytes))
 
 
-def read_lines(path: str | os.PathLike[str], start: int, end: int) -> list[bytes]:
-    """The non-blank lines in bytes ``[start, end)`` of a file, stripped (``\r`` too), split
-    and filtered by C-level calls, not a Python loop."""
+def read_range(path: str | os.PathLike[str], start: int, end: int) -> bytes:
     with open(path, "rb") as handle:
         handle.seek(start)
-        data = handle.read(end - start)
-    return list(filter(None, map(bytes.strip, data.split(b"\n"))))
+        return handle.read(end - start)
 
 
-def jsonl_batches(path: str | os.PathLike[str], chunk_bytes: int = MAX_RANGE_BYTES
-                  ) -> Iterator[list[bytes]]:
-    """The non-blank lines of a JSON-lines file, a :func:`line_ranges` range at a time
-    (the ranges workers get, read the same way)."""
-    for start, end in line_ranges(path, chunk_bytes):
-        if lines := read_lines(path, start, end):
-            yield lines
+def split_lines(text: bytes | memoryview) -> list[bytes]:
+    """The non-blank lines of ``text``, stripped (``\r`` too), split and filtered by C-level
+    calls, not a Python loop."""
+    return list(filter(None, map(bytes.strip, bytes(text).split(b"\n"))))
+
+
+def read_ranges(path: str | os.PathLike[str], range_bytes: int = MAX_RANGE_BYTES
+                ) -> Iterator[bytes]:
+    """The text of a JSON-lines file, a :func:`line_ranges` range at a time (the ranges
+    workers get, read the same way)."""
+    for start, end in line_ranges(path, range_bytes):
+        yield read_range(path, start, end)
 
 
 def auto_workers(path: str | os.PathLike[str], requested: int = 0) -> int:
@@ -125,8 +146,8 @@ def validated_batches(path: str | os.PathLike[str], workers: int = 0,
     given byte ranges of ``range_bytes`` (default: see :data:`MAX_RANGE_BYTES`)."""
     count = auto_workers(path, workers)
     if count <= 1:
-        for lines in jsonl_batches(path):
-            yield validate_lines(lines)
+        for text in read_ranges(path):
+            yield validate_text(text)
         return
     if range_bytes is None:
         size = os.path.getsize(path)
@@ -169,7 +190,7 @@ def _start(conn: Connection, args: list[str]) -> Handler:
 
     def handle(request: tuple[Any, ...]) -> tuple[Any, ...]:
         _, start, end = request
-        result = validate_lines(read_lines(path, start, end))
+        result = validate_text(read_range(path, start, end))
         return ("validated", result.frames, result.read, result.rejected)
 
     return handle

@@ -110,7 +110,8 @@ def _joined(raws: list[bytes]) -> tuple[bytes, list[int]]:
 
 
 @pytest.mark.parametrize("case", ["good", "newline inside", "two objects on two lines",
-                                  "empty", "blank", "broken", "oversized"])
+                                  "two objects on one line", "empty", "blank", "broken",
+                                  "oversized"])
 def test_decode_joined_agrees_with_decode_batch(case: str) -> None:
     """The joined form (how the apply process receives a batch) decodes exactly as the
     message list does, whichever path it takes."""
@@ -119,15 +120,21 @@ def test_decode_joined_agrees_with_decode_batch(case: str) -> None:
            "newline inside": b'{"type": "click",\n "event_id": "n", "ts": 1.0, "user_id": "u",'
                              b' "request_id": "r", "item_id": "i", "position": 1}',
            "two objects on two lines": good[1] + b"\n" + good[2],
+           "two objects on one line": good[1] + b" \t" + good[2],
            "empty": b"", "blank": b"   ", "broken": b"{broken",
            "oversized": b"x" * 50_000}[case]
-    raws = [*good, odd, *good]
+    # The blank message at the end balances the count for "two objects on one line", the
+    # way a check by counting alone would miss.
+    raws = [*good, odd, *good, b""] if case == "two objects on one line" else \
+        [*good, odd, *good]
     expected = decode_batch(raws, max_bytes=40_000)
     joined, lengths = _joined(raws)
     for buffer in (joined, memoryview(joined)):
         assert decode_joined(buffer, lengths, max_bytes=40_000) == expected
     if case in ("good", "newline inside"):
         assert expected[1] == [] and expected[0][len(good)] is not None
+    elif case == "two objects on one line":
+        assert [r.index for r in expected[1]] == [len(good), len(raws) - 1]
     else:
         assert [r.index for r in expected[1]] == [len(good)]
 

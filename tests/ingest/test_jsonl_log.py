@@ -16,7 +16,9 @@ from ingest.jsonl_log import (
     ValidatedLines,
     auto_workers,
     line_ranges,
-    read_lines,
+    read_range,
+    split_lines,
+    validate_text,
     validated_batches,
 )
 
@@ -80,8 +82,24 @@ def test_line_ranges_cover_the_file_on_line_boundaries(tmp_path: Path) -> None:
     assert ranges[0][0] == 0 and ranges[-1][1] == len(data)
     assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
     assert all(data[end - 1:end] == b"\n" for _, end in ranges[:-1])
-    lines = [line for start, end in ranges for line in read_lines(log, start, end)]
+    lines = [line for start, end in ranges for line in split_lines(read_range(log, start, end))]
     assert lines == data.split(b"\n")
+
+
+def test_a_line_is_one_event_on_the_fast_path_as_on_the_slow_one() -> None:
+    """A clean piece is decoded in one call, a piece with a bad line line by line: both
+    count the same lines and reject a line that holds two events."""
+    good = [encode(Click(event_id=f"e{i}", ts=float(i), user_id="u", request_id="r",
+                         item_id="i", position=1)) for i in range(4)]
+    clean = validate_text(b"\n".join(good) + b"\n\r\n  \n")
+    assert (clean.read, clean.rejected) == (4, [])
+    assert clean.frames["click"]["event_id"].to_list() == ["e0", "e1", "e2", "e3"]
+    two_on_one = validate_text(good[0] + b"\n\n" + good[1] + b" " + good[2] + b"\n" + good[3])
+    assert two_on_one.read == 3
+    assert [(index, raw) for index, _, raw in two_on_one.rejected] == [
+        (1, (good[1] + b" " + good[2]).decode())]
+    assert "trailing characters" in two_on_one.rejected[0][1]
+    assert two_on_one.frames["click"]["event_id"].to_list() == ["e0", "e3"]
 
 
 def test_small_logs_stay_in_this_process(tmp_path: Path) -> None:

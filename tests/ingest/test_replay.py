@@ -14,7 +14,7 @@ from ingest.codec import encode
 from ingest.consumer import EventConsumer
 from ingest.events import Click
 from ingest.joins import join_log
-from ingest.jsonl_log import DECODE_CHUNK, jsonl_batches
+from ingest.jsonl_log import DECODE_BYTES, read_ranges, split_lines
 from ingest.logstore import scan
 from ingest.producer import EventProducer
 from ingest.replay import (
@@ -74,20 +74,26 @@ def test_replay_rejects_bad_lines_into_a_file_with_reasons(tmp_path: Path) -> No
     assert len(lines) == 1 and '"line": 101' in lines[0] and "position=0 must be" in lines[0]
 
 
-def test_rejected_lines_keep_their_line_numbers_past_the_decode_chunk(tmp_path: Path) -> None:
-    assert DECODE_CHUNK < 12_345
+def test_rejected_lines_keep_their_line_numbers_past_the_decode_pieces(tmp_path: Path
+                                                                     ) -> None:
+    """Three decode pieces: one with a bad line (decoded line by line), a clean one with a
+    blank line (in one call), one with a bad last line."""
     bad = {12_345: b'{"type": "click", "event_id": "b1"}',
-           25_001: b'{"type": "click", "event_id": "b2", "position": -1}'}
+           40_001: b'{"type": "click", "event_id": "b2", "position": -1}'}
     lines = [bad.get(n) or encode(Click(event_id=f"e{n}", ts=1000.0 + n, user_id="u",
                                         request_id=f"r{n}", item_id="a", position=1))
-             for n in range(1, 25_002)]
-    (tmp_path / "log.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+             for n in range(1, 40_002)]
+    lines.insert(20_000, b"")
+    text = b"\n".join(lines) + b"\n"
+    assert text.index(bad[12_345]) < DECODE_BYTES < text.index(b"\n\n") < 2 * DECODE_BYTES \
+        < text.index(bad[40_001])
+    (tmp_path / "log.jsonl").write_bytes(text)
     rejects = tmp_path / "rejects.jsonl"
     summary = replay(open_log(tmp_path / "log.jsonl"), ParquetTarget(tmp_path / "s"),
                      rejects_path=rejects)
-    assert (summary.read, summary.sent, summary.rejected) == (25_001, 24_999, 2)
+    assert (summary.read, summary.sent, summary.rejected) == (40_001, 39_999, 2)
     rows = [json.loads(line) for line in rejects.read_text().splitlines()]
-    assert [row["line"] for row in rows] == [12_345, 25_001]
+    assert [row["line"] for row in rows] == [12_345, 40_001]
     assert "is required" in rows[0]["error"] and "position=-1" in rows[1]["error"]
 
 
@@ -152,6 +158,6 @@ def test_json_lines_are_read_whole_across_chunk_boundaries(tmp_path: Path, chunk
     # CRLF endings, blank and blank-looking lines, and no newline after the last line.
     text = b"\r\n".join(lines[:150]) + b"\n\n  \n" + b"\n".join(lines[150:])
     (tmp_path / "log.jsonl").write_bytes(text)
-    read = [line for batch in jsonl_batches(tmp_path / "log.jsonl", chunk_bytes)
-            for line in batch]
+    read = [line for text in read_ranges(tmp_path / "log.jsonl", chunk_bytes)
+            for line in split_lines(text)]
     assert read == lines
