@@ -51,8 +51,11 @@ def _slots_column(events: Sequence[Event]) -> pl.Series:
     slots = list(chain.from_iterable(per_event))
     flat = pl.DataFrame({name: list(map(attrgetter(name), slots)) for name in SLOT_FIELDS},
                         schema=SLOT_FIELDS)
-    rows = pl.Series("_row", np.repeat(np.arange(len(events), dtype=np.uint32),
-                                       list(map(len, per_event))))
+    lengths = np.fromiter(map(len, per_event), np.int64, len(per_event))
+    if lengths.min() == lengths.max():
+        # Every slate the same size (the usual case): a reshape, no grouping.
+        return flat.to_struct("slots").reshape((len(events), int(lengths[0]))).arr.to_list()
+    rows = pl.Series("_row", np.repeat(np.arange(len(events), dtype=np.uint32), lengths))
     return (flat.with_columns(rows)
             .group_by("_row", maintain_order=True)
             .agg(slots=pl.struct(*SLOT_FIELDS))["slots"])

@@ -4,7 +4,8 @@ Every line is decoded by the stream's decoder (:func:`ingest.codec.decode_batch`
 contract and the same wording of reasons as the consumer), and the good events become one
 frame per type (:func:`ingest.frames.split_events`): Python work for every line, so a
 large log is cut into line-aligned byte ranges which worker processes
-(:class:`ingest.child.Child`) validate side by side; their results come back in file order,
+(:class:`ingest.child.Child`) validate side by side; their frames come back in file order
+(through shared memory, :mod:`ingest.handoff`),
 so the replay is the same as in one process, only sooner (``benchmarks/ingest.py`` times
 both).
 
@@ -28,6 +29,7 @@ from ingest.child import Child, Handler, serve
 from ingest.codec import decode_batch, decode_lines
 from ingest.events import EVENT_TYPES
 from ingest.frames import EventFrames, split_events
+from ingest.handoff import Handoff, put_frames, take_frames
 
 #: Lines are decoded and turned into columns about this many bytes (some 10,000 events) at
 #: a time, so that the event objects of a piece are still in the CPU cache when their
@@ -157,14 +159,21 @@ def validated_batches(path: str | os.PathLike[str], workers: int = 0,
 
 def _in_workers(path: str, ranges: list[tuple[int, int]], count: int
                 ) -> Iterator[ValidatedLines]:
-    """Range ``i`` goes to worker ``i % count``; each worker answers in order, so reading
-    the workers round-robin gives the ranges in file order."""
+    """The first range is validated here, while the workers start (an interpreter
+    importing polars: about 0.3 s); then range ``i`` goes to worker ``i % count``, counting
+    from the second. Each worker answers in order, so reading the workers round-robin gives
+    the ranges in file order."""
+    if not ranges:
+        return
     children: list[Child] = []
     finished = False
+    first, rest = ranges[0], ranges[1:]
+    handoff = Handoff()
     try:
-        children = [Child("ingest.jsonl_log", [path], f"JSON-lines worker {i + 1}")
-                    for i in range(min(count, len(ranges)))]
-        pending = deque(ranges)
+        children = [Child("ingest.jsonl_log", [path, handoff.directory],
+                          f"JSON-lines worker {i + 1}")
+                    for i in range(min(count, len(rest)))]
+        pending = deque(rest)
 
         def give(worker: int) -> None:
             if pending:
@@ -173,25 +182,28 @@ def _in_workers(path: str, ranges: list[tuple[int, int]], count: int
         for _ in range(_QUEUED_PER_WORKER):
             for worker in range(len(children)):
                 give(worker)
-        for index in range(len(ranges)):
+        yield validate_text(read_range(path, *first))
+        for index in range(len(rest)):
             worker = index % len(children)
-            frames, read, rejected = children[worker].receive(timeout_s=None)[1:]
+            files, read, rejected = children[worker].receive(timeout_s=None)[1:]
             give(worker)
-            yield ValidatedLines(frames, read, rejected)
+            yield ValidatedLines(take_frames(files), read, rejected)
         finished = True
     finally:
         for child in children:
             # Done: let each exit on its own. Abandoned midway: no waiting for its queue.
             child.close(("close",) if finished else None)
+        handoff.close()
 
 
 def _start(conn: Connection, args: list[str]) -> Handler:
-    path = args[0]
+    path, directory = args
 
     def handle(request: tuple[Any, ...]) -> tuple[Any, ...]:
         _, start, end = request
         result = validate_text(read_range(path, start, end))
-        return ("validated", result.frames, result.read, result.rejected)
+        files = put_frames(directory, str(start), result.frames)
+        return ("validated", files, result.read, result.rejected)
 
     return handle
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from ingest.child import ChildError
 from ingest.codec import encode
 from ingest.events import Click, Dwell, Impression, Slot
+from ingest.handoff import shared_memory_root
 from ingest.jsonl_log import (
     PARALLEL_MIN_BYTES,
     ValidatedLines,
@@ -116,6 +118,13 @@ def test_a_worker_failure_is_raised_with_its_reason(tmp_path: Path) -> None:
     with pytest.raises(ChildError, match="(?s)JSON-lines worker . failed.*FileNotFoundError"):
         for _ in batches:
             pass
+    assert not _handoffs()
+
+
+def _handoffs() -> list[Path]:
+    """This process's handoff directories (frames in transit from workers)."""
+    root = Path(shared_memory_root() or tempfile.gettempdir())
+    return list(root.glob(f"clickloop-handoff-{os.getpid()}-*"))
 
 
 def _children() -> set[int]:
@@ -133,5 +142,7 @@ def test_abandoning_a_parallel_read_stops_its_workers(tmp_path: Path) -> None:
     batches = validated_batches(log, workers=2, range_bytes=10_000)
     next(batches)
     assert len(_children() - before) == 2
+    assert len(_handoffs()) == 1
     batches.close()  # kills and reaps the workers before it returns
     assert not _children() - before
+    assert not _handoffs()

@@ -5,7 +5,7 @@ from pathlib import Path
 import polars as pl
 
 from ingest.events import Click, Impression, Query, Slot
-from ingest.frames import events_of
+from ingest.frames import SCHEMAS, events_of, split_events
 from ingest.logstore import ParquetLogStore, iter_frames, scan
 
 DAY = 86_400.0
@@ -81,3 +81,18 @@ def test_a_flush_without_offsets_keeps_the_checkpoint(tmp_path: Path) -> None:
     assert ParquetLogStore(tmp_path).checkpoint().offsets == {("events", 0): 9}
     store.flush({("events", 0): 3}, "cluster-b")  # a new cluster: old offsets are void
     assert ParquetLogStore(tmp_path).checkpoint().offsets == {("events", 0): 3}
+
+
+def test_slates_of_one_size_and_of_mixed_sizes_become_the_same_rows() -> None:
+    """Equal slate sizes take a reshape, mixed sizes a grouping: both give back the
+    events, slots in order."""
+    def impression(i: int, size: int) -> Impression:
+        return Impression(event_id=f"i{i}", ts=float(i), user_id="u", request_id=f"r{i}",
+                          policy="p", slots=[Slot(f"x{i}-{p}", p, 1.0 / p, 0.5)
+                                             for p in range(1, size + 1)])
+    for sizes in ([3, 3, 3], [3, 1, 2], [1]):
+        events = [impression(i, size) for i, size in enumerate(sizes)]
+        frame = split_events(events)["impression"]
+        assert frame.schema == SCHEMAS["impression"]
+        assert frame["slots"].list.len().to_list() == sizes
+        assert events_of({"impression": frame}) == events
