@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -52,6 +52,7 @@ class Child:
                 [sys.executable, "-m", module, str(theirs.fileno()), str(os.getpid()), *args],
                 pass_fds=[theirs.fileno()])
         self._conn = Connection(ours.detach())
+        self._asked = False
         self.send(sys.path)
 
     @property
@@ -94,24 +95,50 @@ class Child:
             return self._error(f"{self.name} stopped answering")
         return self._error(f"{self.name} exited with code {self._process.returncode}")
 
+    @property
+    def exit_code(self) -> int | None:
+        """The child's exit status (negative: the signal that ended it); None while alive."""
+        return self._process.poll()
+
     def alive(self) -> bool:
         return self._process.poll() is None
+
+    def ask_to_close(self, request: Any) -> None:
+        """Send ``request`` (the child's way to stop) once, if the child is alive, without
+        waiting for it to exit: see :func:`close_all`."""
+        if self._asked or not self.alive():
+            return
+        self._asked = True
+        try:
+            self.send(request)
+        except ChildError as exc:
+            log.warning("%s did not close cleanly: %s", self.name, exc)
 
     def close(self, request: Any = None, timeout_s: float = 30.0) -> None:
         """Ask the child to stop with ``request`` (if given and it is alive), then make
         sure it has: a child that does not exit in time is killed."""
         try:
-            if request is not None and self.alive():
+            if request is not None:
+                self.ask_to_close(request)
                 try:
-                    self.send(request)
                     self._process.wait(timeout=timeout_s)
-                except (ChildError, subprocess.TimeoutExpired) as exc:
-                    log.warning("%s did not close cleanly: %s", self.name, exc or "timeout")
+                except subprocess.TimeoutExpired:
+                    log.warning("%s did not close cleanly: timeout", self.name)
             if self.alive():
                 self._process.kill()
             self._process.wait()
         finally:
             self._conn.close()
+
+
+def close_all(children: Sequence[Child], request: Any = None) -> None:
+    """:meth:`Child.close` for several children, which then exit side by side (an
+    interpreter takes some 50 ms to exit): all are asked before any is waited for."""
+    if request is not None:
+        for child in children:
+            child.ask_to_close(request)
+    for child in children:
+        child.close(request)
 
 
 def connect_to_parent() -> tuple[Connection, list[str]]:

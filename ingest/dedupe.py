@@ -82,23 +82,31 @@ class IdIndex:
     """Every distinct id added so far, for deduplicating whole columns (a replay into a
     log store that may already hold some of them).
 
-    The ids are kept as a polars column and, for lookups, as their 64-bit hashes in a
-    sorted numpy array: a batch is looked up with one ``searchsorted`` and merged in with
-    one insert, so a batch costs about its own size plus a copy of 8 bytes per stored id,
-    not a hash table rebuilt over everything stored (what a polars anti-join against the
-    stored ids does on every call). Hash matches are confirmed against the ids themselves,
-    so two ids that share a hash are never taken for one.
+    The ids are kept as a polars column and, for lookups, as their 64-bit hashes in a few
+    sorted numpy runs, as in a log-structured merge tree (O'Neil et al., "The
+    log-structured merge-tree", Acta Informatica 33, 1996): a batch is looked up with one
+    ``searchsorted`` per run and its new hashes become a run of their own; a run is merged
+    into the one before it once it is half that size or more, so there are about
+    log2(stored / batch) runs and each hash is copied that many times in all. (Inserting
+    each batch into one sorted array copies everything stored every time: quadratic in the
+    log's length.) Hash matches are confirmed against the ids themselves, so two ids that
+    share a hash are never taken for one.
     """
 
     def __init__(self, ids: pl.Series | None = None) -> None:
-        self._hashes = np.empty(0, np.uint64)
+        self._runs: list[np.ndarray] = []
         self._ids = pl.Series("id", [], pl.String)
         self._id_hashes = pl.Series("hash", [], pl.UInt64)
         if ids is not None:
             self.add_new(ids)
 
     def __len__(self) -> int:
-        return len(self._hashes)
+        return sum(map(len, self._runs))
+
+    @property
+    def runs(self) -> int:
+        """How many sorted runs the hashes are kept in."""
+        return len(self._runs)
 
     def add_new(self, ids: pl.Series) -> pl.Series:
         """Add ``ids``; returns the mask of those that are new: not stored already and
@@ -109,24 +117,36 @@ class IdIndex:
         # the last one ended, instead of at random places in a large array.
         order = np.argsort(hashes)
         ordered = hashes[order]
-        where = np.searchsorted(self._hashes, ordered)  # also where new hashes go in
         matched = np.zeros(len(hashes), bool)
-        if len(self._hashes):
-            # Past the last stored hash, the last one stands in: it cannot be equal.
-            matched[order] = self._hashes[np.minimum(where, len(self._hashes) - 1)] == ordered
+        for run in self._runs:
+            # Past a run's last hash, its last one stands in: it cannot be equal.
+            where = np.minimum(np.searchsorted(run, ordered), len(run) - 1)
+            matched[order[run[where] == ordered]] = True
         if matched.any():
             shared = self._id_hashes.is_in(pl.Series(hashes[matched]).implode())
             candidates = self._ids.filter(shared).implode()
             matched[matched] = ids.filter(pl.Series(matched)).is_in(candidates).to_numpy()
-        new = ids.is_first_distinct().to_numpy() & ~matched
-        new_in_order = new[order]
-        self._hashes = np.insert(self._hashes, where[new_in_order], ordered[new_in_order])
+        if len(ordered) > 1 and (ordered[1:] == ordered[:-1]).any():
+            new = ids.is_first_distinct().to_numpy() & ~matched  # repeats, or a collision
+        else:
+            new = ~matched
+        self._add_run(np.sort(hashes[new]))
         mask = pl.Series(new)
         self._ids.append(ids.filter(mask))
         self._id_hashes.append(pl.Series("hash", hashes).filter(mask))
         if self._ids.n_chunks() > _MAX_CHUNKS:
             self._ids, self._id_hashes = self._ids.rechunk(), self._id_hashes.rechunk()
         return mask
+
+    def _add_run(self, run: np.ndarray) -> None:
+        if not len(run):
+            return
+        self._runs.append(run)
+        while len(self._runs) > 1 and 2 * len(self._runs[-1]) >= len(self._runs[-2]):
+            newer = self._runs.pop()
+            merged = np.concatenate([self._runs.pop(), newer])
+            merged.sort(kind="stable")  # two sorted runs: one linear merge
+            self._runs.append(merged)
 
     @staticmethod
     def _hash(ids: pl.Series) -> np.ndarray:

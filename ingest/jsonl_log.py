@@ -25,7 +25,7 @@ from typing import Any
 
 import polars as pl
 
-from ingest.child import Child, Handler, serve
+from ingest.child import Child, Handler, close_all, serve
 from ingest.codec import decode_batch, decode_lines
 from ingest.events import EVENT_TYPES
 from ingest.frames import EventFrames, split_events
@@ -190,9 +190,8 @@ def _in_workers(path: str, ranges: list[tuple[int, int]], count: int
             yield ValidatedLines(take_frames(files), read, rejected)
         finished = True
     finally:
-        for child in children:
-            # Done: let each exit on its own. Abandoned midway: no waiting for its queue.
-            child.close(("close",) if finished else None)
+        # Done: let each exit on its own. Abandoned midway: no waiting for its queue.
+        close_all(children, ("close",) if finished else None)
         handoff.close()
 
 

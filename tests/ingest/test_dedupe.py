@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -74,3 +75,15 @@ def test_id_index_marks_what_a_set_would(index_type: type[IdIndex]) -> None:
     got = [index.add_new(pl.Series(batch, dtype=pl.String)).to_list() for batch in batches]
     assert got == _set_semantics(batches, seeded)
     assert len(index) == len(set(seeded) | {i for b in batches for i in b})
+
+
+def test_id_index_over_many_small_batches_keeps_few_runs() -> None:
+    rng = random.Random(11)
+    batches = [[f"id{rng.randrange(5000)}" for _ in range(rng.randrange(0, 60))]
+               for _ in range(300)]
+    index = IdIndex()
+    got = [index.add_new(pl.Series(batch, dtype=pl.String)).to_list() for batch in batches]
+    assert got == _set_semantics(batches, [])
+    assert len(index) == len({i for b in batches for i in b})
+    # Each run is under half the size of the one before it.
+    assert 2 <= index.runs <= math.log2(len(index)) + 1
