@@ -46,8 +46,8 @@ MAX_AUTO_WORKERS = 8
 #: gets about four (so none idles long while the last ones finish).
 MAX_RANGE_BYTES = 32 << 20
 MIN_RANGE_BYTES = 1 << 20
-#: Ranges a worker holds at once: one it works on and one queued, so it never waits.
-_QUEUED_PER_WORKER = 2
+#: Ranges a child holds at once: one it works on and one queued, so it never waits.
+_HELD_PER_CHILD = 2
 
 
 @dataclass
@@ -131,9 +131,9 @@ def read_ranges(path: str | os.PathLike[str], range_bytes: int = MAX_RANGE_BYTES
 
 
 def auto_workers(path: str | os.PathLike[str], requested: int = 0) -> int:
-    """Worker processes for a log: ``requested`` if above 0, else one per CPU core (at
-    most :data:`MAX_AUTO_WORKERS`) for a log of :data:`PARALLEL_MIN_BYTES` or more, and
-    none (1: this process) for a smaller one."""
+    """Processes that validate a log, this one included: ``requested`` if above 0, else
+    one per CPU core (at most :data:`MAX_AUTO_WORKERS`) for a log of
+    :data:`PARALLEL_MIN_BYTES` or more, and 1 (this one alone) for a smaller one."""
     if requested > 0:
         return requested
     if os.path.getsize(path) < PARALLEL_MIN_BYTES:
@@ -143,9 +143,9 @@ def auto_workers(path: str | os.PathLike[str], requested: int = 0) -> int:
 
 def validated_batches(path: str | os.PathLike[str], workers: int = 0,
                       range_bytes: int | None = None) -> Iterator[ValidatedLines]:
-    """The log validated batch by batch, in file order: in this process, or in
-    :func:`auto_workers` worker processes (``workers``: 1 for none, 0 for automatic), each
-    given byte ranges of ``range_bytes`` (default: see :data:`MAX_RANGE_BYTES`)."""
+    """The log validated batch by batch, in file order, by :func:`auto_workers` processes
+    (``workers``; 0: automatic): this one and ``workers - 1`` children, each validating
+    byte ranges of ``range_bytes`` (default: see :data:`MAX_RANGE_BYTES`)."""
     count = auto_workers(path, workers)
     if count <= 1:
         for text in read_ranges(path):
@@ -154,40 +154,68 @@ def validated_batches(path: str | os.PathLike[str], workers: int = 0,
     if range_bytes is None:
         size = os.path.getsize(path)
         range_bytes = max(MIN_RANGE_BYTES, min(MAX_RANGE_BYTES, size // (4 * count) + 1))
-    yield from _in_workers(str(Path(path).resolve()), line_ranges(path, range_bytes), count)
+    yield from _with_children(str(Path(path).resolve()), line_ranges(path, range_bytes),
+                              count - 1)
 
 
-def _in_workers(path: str, ranges: list[tuple[int, int]], count: int
-                ) -> Iterator[ValidatedLines]:
-    """The first range is validated here, while the workers start (an interpreter
-    importing polars: about 0.3 s); then range ``i`` goes to worker ``i % count``, counting
-    from the second. Each worker answers in order, so reading the workers round-robin gives
-    the ranges in file order."""
+def _with_children(path: str, ranges: list[tuple[int, int]], count: int
+                   ) -> Iterator[ValidatedLines]:
+    """Ranges are handed out in file order: two to each of ``count`` children to start with
+    (one to work on, one queued), another whenever one answers; a child answers in the
+    order it was given them. This process validates a range itself whenever the next one
+    due is not ready and some are still unassigned: the first one while the children start
+    (an interpreter importing polars: about 0.3 s), later whenever they fall behind, so
+    no core idles while there is work. Results are yielded in file order."""
     if not ranges:
         return
+    handoff = Handoff()
     children: list[Child] = []
     finished = False
-    first, rest = ranges[0], ranges[1:]
-    handoff = Handoff()
     try:
         children = [Child("ingest.jsonl_log", [path, handoff.directory],
                           f"JSON-lines worker {i + 1}")
-                    for i in range(min(count, len(rest)))]
-        pending = deque(rest)
+                    for i in range(min(count, len(ranges) - 1))]
+        held: list[deque[int]] = [deque() for _ in children]  # range indices, in order
+        holder: dict[int, int] = {}
+        done: dict[int, ValidatedLines] = {}
+        unassigned = 1  # range 0 is this process's
 
-        def give(worker: int) -> None:
-            if pending:
-                children[worker].send(("range", *pending.popleft()))
+        def give(child: int) -> None:
+            nonlocal unassigned
+            if unassigned < len(ranges):
+                children[child].send(("range", *ranges[unassigned]))
+                held[child].append(unassigned)
+                holder[unassigned] = child
+                unassigned += 1
 
-        for _ in range(_QUEUED_PER_WORKER):
-            for worker in range(len(children)):
-                give(worker)
-        yield validate_text(read_range(path, *first))
-        for index in range(len(rest)):
-            worker = index % len(children)
-            files, read, rejected = children[worker].receive(timeout_s=None)[1:]
-            give(worker)
-            yield ValidatedLines(take_frames(files), read, rejected)
+        def collect(child: int) -> None:
+            files, read, rejected = children[child].receive(timeout_s=None)[1:]
+            index = held[child].popleft()
+            del holder[index]
+            done[index] = ValidatedLines(take_frames(files), read, rejected)
+            give(child)
+
+        def validate_here(index: int) -> None:
+            done[index] = validate_text(read_range(path, *ranges[index]))
+
+        for _ in range(_HELD_PER_CHILD):
+            for child in range(len(children)):
+                give(child)
+        for due in range(len(ranges)):
+            while due not in done:
+                for child in range(len(children)):
+                    if held[child] and children[child].ready():
+                        collect(child)  # keeps every child fed
+                if due in done:
+                    break
+                if due not in holder:  # range 0
+                    validate_here(due)
+                elif unassigned < len(ranges):
+                    unassigned += 1
+                    validate_here(unassigned - 1)
+                else:
+                    collect(holder[due])
+            yield done.pop(due)
         finished = True
     finally:
         # Done: let each exit on its own. Abandoned midway: no waiting for its queue.

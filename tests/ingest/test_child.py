@@ -3,7 +3,9 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from ingest.child import Child, close_all
+import pytest
+
+from ingest.child import Child, ChildError, close_all
 from ingest.handoff import Handoff
 
 
@@ -21,6 +23,16 @@ def test_close_all_lets_each_child_exit_on_its_request(tmp_path: Path) -> None:
             assert child.receive(timeout_s=60)[0] == "validated"
         close_all(children, ("close",))
         assert [c.exit_code for c in children] == [0, 0]
+
+
+def test_a_failure_in_the_child_is_raised_with_its_traceback(tmp_path: Path) -> None:
+    with Handoff(tmp_path) as handoff:
+        (child, other) = _workers(tmp_path / "missing.jsonl", handoff.directory)
+        child.send(("range", 0, 10))
+        with pytest.raises(ChildError, match="(?s)worker 0 failed.*FileNotFoundError"):
+            child.receive(timeout_s=60)
+        close_all([child, other], ("close",))
+        assert (child.exit_code, other.exit_code) == (1, 0)
 
 
 def test_close_all_without_a_request_kills(tmp_path: Path) -> None:
