@@ -35,10 +35,10 @@ from ingest.handoff import Handoff, put_frames, take_frames
 #: a time, so that the event objects of a piece are still in the CPU cache when their
 #: columns are read (a whole 32 MB range at once made the column pass markedly slower).
 DECODE_BYTES = 2 << 20
-#: A log smaller than this is read in one process: the workers' start (an interpreter
-#: importing polars each) eats what they save. A 200k-event (41 MB) log replayed at 237k
-#: events/s with 2 workers against 321k in one process, on 2 cores (``benchmarks/ingest.py
-#: --quick --replay-events 200000 --replay-workers 2``).
+#: A log smaller than this is read in one process: a worker's start (an interpreter
+#: importing polars) eats what it saves. A 200k-event (41 MB) log replayed at 326k – 347k
+#: events/s in two processes against 325k – 370k in one, on 2 cores (``benchmarks/ingest.py
+#: --quick --replay-events 200000 --replay-workers 2``, three runs each).
 PARALLEL_MIN_BYTES = 64 << 20
 #: The most workers :func:`auto_workers` picks.
 MAX_AUTO_WORKERS = 8

@@ -58,8 +58,9 @@ class IngestSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: thread only fetches (``ingest.stages.ProcessStage``). With confluent-kafka on 2 cores
     #: it ran 0.97x - 1.39x the rate without it (``benchmarks/README.md``).
     decode_process: bool = False
-    #: Processes that validate a JSON-lines event log during a replay; 0 picks one per core
-    #: for a log of 64 MB or more and none (this process) below (``ingest.jsonl_log``).
+    #: Processes that validate a JSON-lines event log during a replay, the replaying one
+    #: included; 0 picks one per core for a log of 64 MB or more, and the replaying process
+    #: alone below (``ingest.jsonl_log``).
     replay_workers: NonNegative = 0
     poll_timeout_s: PositiveFloat = 0.5
     #: The sink is made durable (and offsets committed) after this many events ...

@@ -345,9 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float,
                    help="scale event time: 60 replays an hour in a minute (default: full speed)")
     p.add_argument("--workers", type=int, metavar="N",
-                   help="clickloop JSON lines: processes that validate the log side by side "
-                   "(1: none besides this one; default: setting ingest.replay_workers, where "
-                   "0 means one per core for a log of 64 MB or more)")
+                   help="clickloop JSON lines: processes that validate the log side by side, "
+                   "this one included (1: this one alone; default: setting "
+                   "ingest.replay_workers, where 0 means one per core for a log of 64 MB or "
+                   "more)")
     p.set_defaults(func=cmd_replay)
 
     p = commands.add_parser("simulate", help="simulate a click log into Kafka or parquet",
