@@ -28,10 +28,19 @@ _PREFIX = "clickloop-handoff-"
 _OWNER = re.compile(re.escape(_PREFIX) + r"(\d+)-")
 
 
-def shared_memory_root() -> str | None:
-    """``/dev/shm`` where it can be written to, else ``None`` (the usual temporary folder)."""
+#: ``/dev/shm`` is used only with this much free: a container's is often 64 MB, less than
+#: the frames of a few ranges in transit (a 32 MB range of JSON lines is about 20 MB).
+MIN_SHARED_MEMORY_FREE = 1 << 30
+
+
+def shared_memory_root(min_free_bytes: int = MIN_SHARED_MEMORY_FREE) -> str | None:
+    """``/dev/shm`` where it can be written to and has ``min_free_bytes`` free, else
+    ``None`` (the usual temporary folder: the page cache, written back to disk later)."""
     root = "/dev/shm"
-    return root if os.path.isdir(root) and os.access(root, os.W_OK | os.X_OK) else None
+    if not (os.path.isdir(root) and os.access(root, os.W_OK | os.X_OK)):
+        return None
+    stats = os.statvfs(root)
+    return root if stats.f_bavail * stats.f_frsize >= min_free_bytes else None
 
 
 def sweep_stale(root: str | os.PathLike[str]) -> list[Path]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from ingest.frames import SCHEMAS
-from ingest.handoff import Handoff, put_frames, sweep_stale, take_frames
+from ingest.handoff import Handoff, put_frames, shared_memory_root, sweep_stale, take_frames
 
 
 def _frames() -> dict[str, pl.DataFrame]:
@@ -51,3 +51,9 @@ def test_directories_of_dead_parents_are_swept(tmp_path: Path) -> None:
     assert not dead.exists() and live.exists() and unrelated.exists()
     Handoff(tmp_path).close()  # a new parent sweeps too
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, unrelated.name])
+
+
+def test_shared_memory_is_used_only_with_room_to_spare() -> None:
+    assert shared_memory_root(min_free_bytes=1 << 62) is None  # no machine has 4 EiB free
+    if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK | os.X_OK):
+        assert shared_memory_root(min_free_bytes=0) == "/dev/shm"
