@@ -1,13 +1,12 @@
 """A JSON-lines event log (clickloop's own log format) read into validated frames.
 
-Every line is decoded by the stream's decoder (:func:`ingest.codec.decode_batch`: the same
-contract and the same wording of reasons as the consumer), and the good events become one
-frame per type (:func:`ingest.frames.split_events`): Python work for every line, so a
-large log is cut into line-aligned byte ranges which worker processes
-(:class:`ingest.child.Child`) validate side by side; their frames come back in file order
-(through shared memory, :mod:`ingest.handoff`),
-so the replay is the same as in one process, only sooner (``benchmarks/ingest.py`` times
-both).
+Every line is decoded by the stream's decoder (:mod:`ingest.codec`: the same contract and
+the same wording of reasons as the consumer; a clean piece of the log in one call), and the
+good events become one frame per type (:func:`ingest.frames.split_events`): Python work for
+every line, so a large log is cut into line-aligned byte ranges which worker processes
+(:class:`ingest.child.Child`) validate side by side with this one; their frames come back
+through shared memory (:mod:`ingest.handoff`) and are yielded in file order, so the replay
+is the same as in one process, only sooner (``benchmarks/ingest.py`` times both).
 
 Line numbers count non-blank lines from 1, in one process or many.
 """
