@@ -101,7 +101,7 @@ class Child:
         return self._process.poll()
 
     def alive(self) -> bool:
-        return self._process.poll() is None
+        return self.exit_code is None
 
     def ask_to_close(self, request: Any) -> None:
         """Send ``request`` (the child's way to stop) once, if the child is alive, without
@@ -133,7 +133,7 @@ class Child:
 
 def close_all(children: Sequence[Child], request: Any = None) -> None:
     """:meth:`Child.close` for several children, which then exit side by side (an
-    interpreter takes some 50 ms to exit): all are asked before any is waited for."""
+    interpreter takes a while to exit): all are asked before any is waited for."""
     if request is not None:
         for child in children:
             child.ask_to_close(request)

@@ -175,9 +175,10 @@ def decode_joined(
 
     When no message contains a newline (the buffer holds exactly ``len(lengths) - 1``) the
     buffer is newline-delimited JSON with one message per line, decoded by
-    :func:`decode_lines` in one call. Otherwise, or at the first invalid message, the messages are cut out and
-    decoded one by one. ``unparsed`` maps the indices of messages the sender already
-    rejected without shipping them (see :func:`unparsable`) to their reasons.
+    :func:`decode_lines` in one call. Otherwise, or at the first invalid message, the
+    messages are cut out and decoded one by one. ``unparsed`` maps the indices of messages
+    the sender already rejected without shipping them (see :func:`unparsable`) to their
+    reasons.
     """
     count = len(lengths)
     if not unparsed and count and (max_bytes is None or max(lengths) <= max_bytes) \

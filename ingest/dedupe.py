@@ -130,7 +130,7 @@ class IdIndex:
             new = ids.is_first_distinct().to_numpy() & ~matched  # repeats, or a collision
         else:
             new = ~matched
-        self._add_run(np.sort(hashes[new]))
+        self._add_run(ordered[new[order]])  # the new hashes, still in sorted order
         mask = pl.Series(new)
         self._ids.append(ids.filter(mask))
         self._id_hashes.append(pl.Series("hash", hashes).filter(mask))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -116,8 +115,8 @@ def read_range(path: str | os.PathLike[str], start: int, end: int) -> bytes:
 
 
 def split_lines(text: bytes | memoryview) -> list[bytes]:
-    """The non-blank lines of ``text``, stripped (``\r`` too), split and filtered by C-level
-    calls, not a Python loop."""
+    """The non-blank lines of ``text``, stripped (carriage returns too), split and filtered
+    by C-level calls, not a Python loop."""
     return list(filter(None, map(bytes.strip, bytes(text).split(b"\n"))))
 
 
@@ -160,11 +159,11 @@ def validated_batches(path: str | os.PathLike[str], workers: int = 0,
 def _with_children(path: str, ranges: list[tuple[int, int]], count: int
                    ) -> Iterator[ValidatedLines]:
     """Ranges are handed out in file order: two to each of ``count`` children to start with
-    (one to work on, one queued), another whenever one answers; a child answers in the
-    order it was given them. This process validates a range itself whenever the next one
-    due is not ready and some are still unassigned: the first one while the children start
-    (an interpreter importing polars: about 0.3 s), later whenever they fall behind, so
-    no core idles while there is work. Results are yielded in file order."""
+    (one to work on, one queued), another whenever one answers with a range's index and
+    frames. This process validates a range itself whenever the next one due is not ready
+    and some are still unassigned: the first one while the children start (an interpreter
+    importing polars), later whenever they fall behind, so no core idles while there is
+    work. Results are yielded in file order."""
     if not ranges:
         return
     handoff = Handoff()
@@ -174,22 +173,19 @@ def _with_children(path: str, ranges: list[tuple[int, int]], count: int
         children = [Child("ingest.jsonl_log", [path, handoff.directory],
                           f"JSON-lines worker {i + 1}")
                     for i in range(min(count, len(ranges) - 1))]
-        held: list[deque[int]] = [deque() for _ in children]  # range indices, in order
-        holder: dict[int, int] = {}
+        holder: dict[int, int] = {}  # range index -> the child validating it
         done: dict[int, ValidatedLines] = {}
         unassigned = 1  # range 0 is this process's
 
         def give(child: int) -> None:
             nonlocal unassigned
             if unassigned < len(ranges):
-                children[child].send(("range", *ranges[unassigned]))
-                held[child].append(unassigned)
+                children[child].send(("range", unassigned, *ranges[unassigned]))
                 holder[unassigned] = child
                 unassigned += 1
 
         def collect(child: int) -> None:
-            files, read, rejected = children[child].receive(timeout_s=None)[1:]
-            index = held[child].popleft()
+            index, files, read, rejected = children[child].receive(timeout_s=None)[1:]
             del holder[index]
             done[index] = ValidatedLines(take_frames(files), read, rejected)
             give(child)
@@ -203,7 +199,7 @@ def _with_children(path: str, ranges: list[tuple[int, int]], count: int
         for due in range(len(ranges)):
             while due not in done:
                 for child in range(len(children)):
-                    if held[child] and children[child].ready():
+                    if children[child].ready():
                         collect(child)  # keeps every child fed
                 if due in done:
                     break
@@ -226,10 +222,10 @@ def _start(conn: Connection, args: list[str]) -> Handler:
     path, directory = args
 
     def handle(request: tuple[Any, ...]) -> tuple[Any, ...]:
-        _, start, end = request
+        _, index, start, end = request
         result = validate_text(read_range(path, start, end))
-        files = put_frames(directory, str(start), result.frames)
-        return ("validated", files, result.read, result.rejected)
+        files = put_frames(directory, str(index), result.frames)
+        return ("validated", index, files, result.read, result.rejected)
 
     return handle
 

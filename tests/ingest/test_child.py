@@ -19,8 +19,8 @@ def test_close_all_lets_each_child_exit_on_its_request(tmp_path: Path) -> None:
     with Handoff(tmp_path) as handoff:
         children = _workers(log, handoff.directory)
         for child in children:
-            child.send(("range", 0, 0))
-            assert child.receive(timeout_s=60)[0] == "validated"
+            child.send(("range", 0, 0, 0))
+            assert child.receive(timeout_s=60)[:2] == ("validated", 0)
         close_all(children, ("close",))
         assert [c.exit_code for c in children] == [0, 0]
 
@@ -28,7 +28,7 @@ def test_close_all_lets_each_child_exit_on_its_request(tmp_path: Path) -> None:
 def test_a_failure_in_the_child_is_raised_with_its_traceback(tmp_path: Path) -> None:
     with Handoff(tmp_path) as handoff:
         (child, other) = _workers(tmp_path / "missing.jsonl", handoff.directory)
-        child.send(("range", 0, 10))
+        child.send(("range", 0, 0, 10))
         with pytest.raises(ChildError, match="(?s)worker 0 failed.*FileNotFoundError"):
             child.receive(timeout_s=60)
         close_all([child, other], ("close",))
