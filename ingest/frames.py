@@ -12,6 +12,7 @@ conversions join the two worlds without JSON in between:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from itertools import chain, compress, repeat
 from operator import attrgetter, is_
 
@@ -40,6 +41,35 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
 }
 EventFrames = dict[str, pl.DataFrame]
 _encode = msgspec.json.Encoder().encode
+#: Columns with the messages of valid events as they came (see :class:`LogBatch`).
+MESSAGES_SCHEMA: dict[str, pl.DataType] = {"ts": pl.Float64, "user_id": pl.String,
+                                           "message": pl.String}
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedRow:
+    """A line or row of a source that breaks the contract: its line in the source file
+    (1 is the first line; a CSV's header is line 1), why, and the row as text."""
+
+    line: int
+    reason: str
+    raw: str
+
+
+@dataclass
+class LogBatch:
+    """What every source of events yields: the valid events as frames in the store's
+    schema, how many events were read, and the rejected ones with their reasons.
+
+    ``messages`` holds the valid events' own JSON messages (``ts``, ``user_id``,
+    ``message``) where the source had them (a JSON-lines event log), so that a replay to
+    Kafka forwards them as they were instead of encoding the frames again.
+    """
+
+    frames: EventFrames
+    read: int
+    rejected: list[RejectedRow] = field(default_factory=list)
+    messages: pl.DataFrame | None = None
 
 
 def empty_frame(kind: str) -> pl.DataFrame:

@@ -19,7 +19,10 @@ from ingest.events import (
     MAX_SLOTS,
     REACTIONS,
 )
-from ingest.frames import SCHEMAS
+from ingest.frames import SCHEMAS, EventFrames, LogBatch, RejectedRow, frame_messages
+
+#: The column a columnar source adds to its frames: the source line each event came from.
+LINE = "line"
 
 _ID_FIELDS = {
     "impression": ("event_id", "user_id", "request_id", "policy"),
@@ -159,3 +162,23 @@ def validate_frame(kind: str, frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.Dat
         checked = checked.drop("slot_reason")
     valid = checked.filter(pl.col("reason").is_null()).drop("row", "reason")
     return valid, checked.filter(pl.col("reason").is_not_null())
+
+
+def validate_batch(frames: EventFrames) -> LogBatch:
+    """Validate the frames of a columnar source (adapters, a log store) into a
+    :class:`~ingest.frames.LogBatch`. Each frame has a :data:`LINE` column, which names the
+    rejected rows and is dropped from the valid ones."""
+    valid: EventFrames = {}
+    rejected: list[RejectedRow] = []
+    read = 0
+    for kind, frame in frames.items():
+        lines = frame[LINE]
+        good, bad = validate_frame(kind, frame.drop(LINE))
+        valid[kind] = good
+        read += frame.height
+        if bad.height:
+            raws = frame_messages(kind, bad.drop("row", "reason"))["message"]
+            rejected += [RejectedRow(lines[row], reason, raw) for row, reason, raw
+                         in zip(bad["row"], bad["reason"], raws, strict=True)]
+    rejected.sort(key=lambda r: r.line)
+    return LogBatch(valid, read, rejected)
