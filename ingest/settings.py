@@ -70,6 +70,9 @@ class IngestSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     producer_batch_size: Positive = 2000
     #: How long the producer waits for acknowledgements before spooling a batch.
     producer_timeout_s: PositiveFloat = 5.0
+    #: A command that sends events (replay, simulate) waits this long for the broker to take
+    #: what it had to journal before it gives up and says where the events wait.
+    deliver_timeout_s: PositiveFloat = 30.0
     journal_dir: str = ".clickloop/journal"
     journal_max_bytes: Positive = 256 * 1024 * 1024
 
