@@ -4,7 +4,8 @@ A policy gets what is known about the request (``context``: ``user_id``, ``query
 there is one, features), the candidate item ids, and the number of slots ``k``; it returns
 the items it shows, top first, with the propensity of each at its position (DESIGN.md,
 Policies: 1 for a deterministic policy, the real probability for an exploring one). The
-simulator drives such a policy in-process or over HTTP, and serving exposes one.
+simulator drives such a policy in-process or over HTTP, and serving exposes one. The same
+contract for many requests at once is :mod:`ranking.policy`; over HTTP, :mod:`ranking.api`.
 """
 
 from __future__ import annotations

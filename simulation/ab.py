@@ -27,9 +27,10 @@ from scipy import stats
 
 from ranking.interleaving import InterleavingResult, credit, team_draft
 from ranking.metrics import ndcg_at_k
+from ranking.policy import BatchPolicy
 from simulation.clicks import ClickModel
 from simulation.hashing import hash_bucket
-from simulation.policies import BatchPolicy, oracle_policy
+from simulation.policies import oracle_policy
 from simulation.simulator import CLICKED_REACTIONS, sample_candidates, simulate
 from simulation.world import World
 

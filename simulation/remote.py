@@ -1,9 +1,11 @@
 """A ranking policy behind an HTTP endpoint, driven by the simulator like any other.
 
 ``HttpPolicy("http://127.0.0.1:8000")`` implements :class:`ranking.slate.RankingPolicy` by
-posting each request to ``{base_url}/rank`` (the protocol of :mod:`serving.app`) over one
-kept-alive connection; wrap it in :class:`simulation.policies.PerRequestPolicy` to put it in
-``simulate`` or ``simulate_search``.
+posting each request to ``{base_url}/rank`` over one kept-alive connection; wrap it in
+:class:`simulation.policies.PerRequestPolicy` to put it in ``simulate`` or
+``simulate_search``. Requests and answers are checked against the one schema of the
+endpoint, :mod:`ranking.api`, on this side too: a request that :mod:`serving.app` would
+refuse is not sent, and an answer that is not a slate is a :class:`RemotePolicyError`.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-import msgspec
+from pydantic import ValidationError
 
+from ranking.api import RankRequest, RankResponse
 from ranking.slate import Slate
 
 
@@ -22,11 +25,13 @@ class RemotePolicyError(RuntimeError):
     """The endpoint could not be reached or refused a request; the message says which."""
 
 
-class _Answer(msgspec.Struct):
-    items: list[str]
-    propensities: list[float]
-    scores: list[float] | None = None
-    policy: str | None = None
+def _problems(error: ValidationError, shown: int = 3) -> str:
+    """The first ``shown`` problems as ``field: message``, without the values (which can be
+    as long as the whole answer)."""
+    problems = [f"{'.'.join(str(part) for part in each['loc']) or 'body'}: {each['msg']}"
+                for each in error.errors(include_url=False)]
+    more = f" (and {len(problems) - shown} more)" if len(problems) > shown else ""
+    return "; ".join(problems[:shown]) + more
 
 
 class HttpPolicy:
@@ -40,20 +45,22 @@ class HttpPolicy:
         connection = (http.client.HTTPSConnection if parts.scheme == "https"
                       else http.client.HTTPConnection)
         self._connection = connection(parts.hostname, parts.port, timeout=timeout_s)
-        self._encode = msgspec.json.Encoder().encode
-        self._decode = msgspec.json.Decoder(_Answer).decode
 
     def rank(self, context: Mapping[str, Any], candidates: Sequence[str], k: int) -> Slate:
-        body = self._encode({"context": dict(context), "candidates": list(candidates), "k": k})
-        status, payload = self._post(body)
+        try:
+            request = RankRequest(context=dict(context), candidates=list(candidates), k=k)
+        except ValidationError as error:
+            raise RemotePolicyError(f"POST {self.base_url}/rank: not sent, the request is "
+                                    f"invalid: {_problems(error)}") from None
+        status, payload = self._post(request.model_dump_json().encode())
         if status != 200:
             raise RemotePolicyError(f"POST {self.base_url}/rank answered {status}: "
                                     f"{payload[:2000].decode(errors='replace')}")
         try:
-            answer = self._decode(payload)
-        except msgspec.ValidationError as error:
+            answer = RankResponse.model_validate_json(payload)
+        except ValidationError as error:
             raise RemotePolicyError(f"POST {self.base_url}/rank: the answer is not a slate: "
-                                    f"{error}") from None
+                                    f"{_problems(error)}") from None
         return Slate(answer.items, answer.propensities, answer.scores)
 
     def _post(self, body: bytes) -> tuple[int, bytes]:

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from ranking.policy import BatchPolicy
 from simulation.clicks import ClickModel
-from simulation.policies import BatchPolicy
 from simulation.queries import Edit, QueryNoise
 from simulation.simulator import SimulatedLog, respond
 from simulation.world import BRANDS, CATEGORIES, COLOURS, MATERIALS, World

@@ -23,8 +23,8 @@ import polars as pl
 
 from ingest.events import Event
 from ingest.frames import SCHEMAS, EventFrames, events_of
+from ranking.policy import BatchPolicy
 from simulation.clicks import ClickModel
-from simulation.policies import BatchPolicy
 from simulation.world import MAX_GRADE, World
 
 #: Reactions to a clicked item by grade 0..4: P(love), P(like), P(share), P(dislike).

@@ -121,12 +121,48 @@ def test_malformed_requests_get_422_with_the_field(oracle_server: BackgroundServ
         "user_id='alice' is not a simulated user id (u<number>)"
 
 
+def test_a_policy_of_one_world_refuses_users_and_items_outside_it() -> None:
+    oracle, rng = oracle_policy(WORLD), np.random.default_rng(0)
+    users, pool = np.array([3, WORLD.n_users]), np.array([[1, 2], [3, 4]])
+    with pytest.raises(ValueError, match=r"users\[1\]=400 must be in \[0, 400\)"):
+        oracle.rank_batch(users, pool, 1, rng)  # NumPy alone: an IndexError
+    with pytest.raises(ValueError, match=r"candidates\[1, 0\]=-3 must be in \[0, 800\)"):
+        oracle.rank_batch(np.array([3, 4]), np.array([[1, 2], [-3, 4]]), 1, rng)  # or wrapped
+
+
 def test_a_slate_that_breaks_the_contract_is_never_used() -> None:
     with pytest.raises(SlateError, match="items\\[0\\]='not-a-candidate' is not one of"):
         simulate(WORLD, PerRequestPolicy(BrokenPolicy()), MODEL, n=5, k=3)
     with BackgroundServer(create_app(BrokenPolicy())) as server:
         with pytest.raises(RemotePolicyError, match="answered 500.*broke the slate contract"):
             simulate(WORLD, PerRequestPolicy(HttpPolicy(server.url)), MODEL, n=5, k=3)
+
+
+async def _not_a_slate(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An ASGI app that answers every request with JSON that is not a slate."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body",
+                "body": msgspec.json.encode({"items": "i1", "propensities": [1.0]})})
+
+
+def test_an_answer_that_is_not_a_slate_is_a_clear_error() -> None:
+    with BackgroundServer(_not_a_slate) as server:
+        with pytest.raises(RemotePolicyError, match="the answer is not a slate: "
+                                                    "items: Input should be a valid array; "
+                                                    "policy: Field required"):
+            HttpPolicy(server.url).rank({"user_id": "u1"}, ["i1"], 1)
+
+
+def test_a_request_the_endpoint_would_refuse_is_not_sent() -> None:
+    policy = QueryLengthPolicy()
+    with BackgroundServer(create_app(policy)) as server:
+        with pytest.raises(RemotePolicyError,
+                           match=r"not sent, .*candidates\[2\]='i1' repeats candidates\[0\]"):
+            HttpPolicy(server.url).rank({"user_id": "u1"}, ["i1", "i2", "i1"], 2)
+    assert policy.contexts == []
 
 
 def test_an_unreachable_endpoint_is_a_clear_error() -> None:
