@@ -3,7 +3,8 @@
 A dead letter's value is the rejected payload itself (cut to ``dlq_max_raw_bytes``; the
 headers then say how big it was and its SHA-256), and its headers carry the metadata::
 
-    clickloop.error             why it was rejected, e.g. "slots[0].propensity=1.7 must be in (0, 1]"
+    clickloop.error             why it was rejected, cut to MAX_ERROR_BYTES (a reason may
+                                quote the whole value)
     clickloop.source.topic      where it was read
     clickloop.source.partition
     clickloop.source.offset
@@ -22,6 +23,8 @@ from ingest.journal import Headers, Record
 from ingest.settings import KafkaSettings
 
 _PREFIX = "clickloop."
+#: Bound of the error header, so that a dead letter is never much larger than its cut payload.
+MAX_ERROR_BYTES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +47,13 @@ def dead_letter_record(
     max_raw_bytes: int,
 ) -> Record:
     payload = raw or b""
+    reason = error.encode(errors="replace")
+    if len(reason) > MAX_ERROR_BYTES:
+        suffix = f"… ({len(reason):,} bytes)".encode()
+        # Cut on a character, not inside one.
+        reason = reason[:MAX_ERROR_BYTES - len(suffix)].decode(errors="ignore").encode() + suffix
     headers: Headers = [
-        (_PREFIX + "error", error.encode()),
+        (_PREFIX + "error", reason),
         (_PREFIX + "source.topic", topic.encode()),
         (_PREFIX + "source.partition", str(partition).encode()),
         (_PREFIX + "source.offset", str(offset).encode()),
@@ -72,36 +80,30 @@ def read_dead_letters(
     settings: KafkaSettings, bootstrap: str, *, max_records: int | None = None,
     idle_timeout_s: float = 3.0, deadline_s: float = 60.0,
 ) -> list[DeadLetter]:
-    """Read the DLQ topic from the beginning, without joining a consumer group.
-
-    Reading stops at ``max_records``, after ``idle_timeout_s`` without a message, or at
-    ``deadline_s``. (End offsets are not used: the embedded broker can report them short.)
-    """
+    """The DLQ topic from the beginning, read without joining a consumer group until
+    ``max_records``, ``idle_timeout_s`` without a message, or ``deadline_s``. (Not up to the
+    end offsets: the embedded broker can report them short.)"""
     from kafka import KafkaConsumer
     from kafka.structs import TopicPartition
 
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap.split(","), enable_auto_commit=False, group_id=None,
-        max_partition_fetch_bytes=settings.max_request_bytes,
-        fetch_max_bytes=4 * settings.max_request_bytes,
-    )
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False,
+                             max_partition_fetch_bytes=settings.max_request_bytes,
+                             fetch_max_bytes=4 * settings.max_request_bytes)
     letters: list[DeadLetter] = []
     try:
-        partitions = consumer.partitions_for_topic(settings.dlq_topic) or set()
-        assigned = [TopicPartition(settings.dlq_topic, p) for p in sorted(partitions)]
-        if not assigned:
+        partitions = consumer.partitions_for_topic(settings.dlq_topic)
+        if not partitions:
             return letters
-        consumer.assign(assigned)
-        consumer.seek_to_beginning(*assigned)
-        started = last = time.monotonic()
-        while time.monotonic() - last < idle_timeout_s and time.monotonic() - started < deadline_s:
+        consumer.assign([TopicPartition(settings.dlq_topic, p) for p in partitions])
+        consumer.seek_to_beginning()
+        deadline = time.monotonic() + deadline_s
+        idle_at = time.monotonic() + idle_timeout_s
+        while time.monotonic() < min(deadline, idle_at):
             for messages in consumer.poll(timeout_ms=200).values():
-                for message in messages:
-                    letters.append(parse_dead_letter(message.value, message.headers or [],
-                                                     message.key))
-                last = time.monotonic()
+                letters += [parse_dead_letter(m.value, m.headers, m.key) for m in messages]
+                idle_at = time.monotonic() + idle_timeout_s
             if max_records is not None and len(letters) >= max_records:
-                return letters[:max_records]
+                break
     finally:
         consumer.close()
-    return letters
+    return letters[:max_records]

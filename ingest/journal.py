@@ -1,157 +1,171 @@
 """An append-only, bounded, crash-safe local journal of outgoing messages.
 
-The producer spools here whatever the broker did not acknowledge and drains it, oldest
-first, when the broker is back. Each record is framed as::
-
-    crc32(4) | key length(4, 0xFFFFFFFF = no key) | value length(4) | headers length(4)
-    | key | value | headers (msgpack list of [name, bytes])
-
-A torn write at the end (a crash mid-append) fails the CRC or the length check and is cut
-off when the journal is opened. How far the journal has been drained is kept in a side file
-written atomically, so a restart resumes the drain instead of starting it over.
+The producer spools here whatever the broker did not acknowledge, and drains it oldest first
+when the broker is back, each record to the topic and cluster (bootstrap address) it names.
+A record is framed as ``crc32(4) | length(4) | msgpack [topic, cluster, key, value,
+headers]``, the CRC covering the length and the body, so a torn write at the end (a crash
+mid-append) fails it and is cut off when the journal is opened. How far the journal has been
+drained is kept in a side file written atomically, so a restart resumes the drain.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from itertools import islice
 from pathlib import Path
+from typing import BinaryIO, NamedTuple
 
 import msgspec
 
-_HEADER = struct.Struct("<IIII")
-_NO_KEY = 0xFFFFFFFF
+from ingest.atomic import write_atomic
+
+#: The data file (``journal.bin`` held an older format); the position file sits beside it.
+DATA_FILE = "records.bin"
+_FRAME = struct.Struct("<II")
 Headers = list[tuple[str, bytes]]
 #: (key, value, headers) of one message.
 Record = tuple[bytes | None, bytes, Headers | None]
-_headers_encoder = msgspec.msgpack.Encoder()
-_headers_decoder = msgspec.msgpack.Decoder(list[tuple[str, bytes]])
 
 
-def _body_length(key_len: int, value_len: int, headers_len: int) -> int:
-    return (0 if key_len == _NO_KEY else key_len) + value_len + headers_len
+class Entry(NamedTuple):
+    """One journaled message and where it was going."""
+
+    topic: str
+    cluster: str
+    key: bytes | None
+    value: bytes
+    headers: Headers | None
+
+    @property
+    def record(self) -> Record:
+        return self.key, self.value, self.headers
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(Entry).decode
 
 
 class JournalFull(RuntimeError):
     """The journal reached its size bound; the caller must stop accepting events."""
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+def journal_folder(root: str | os.PathLike[str], cluster: str) -> Path:
+    """The folder under ``root`` of the journal for ``cluster``; the hash keeps apart two
+    addresses that read alike once made safe for a file name."""
+    safe = re.sub(r"[^A-Za-z0-9.-]", "_", cluster)
+    return Path(root) / f"{safe}-{zlib.crc32(cluster.encode()):08x}"
+
+
+def journal_folders(root: str | os.PathLike[str]) -> list[Path]:
+    """Every journal folder under ``root`` (a producer's and its DLQ's, for any cluster)."""
+    return sorted({path.parent for path in Path(root).rglob(DATA_FILE)})
+
+
+def _frame(entry: Entry) -> bytes:
+    body = _encode(entry)
+    sized = struct.pack("<I", len(body)) + body
+    return struct.pack("<I", zlib.crc32(sized)) + sized
+
+
+def _read(handle: BinaryIO) -> Entry | None:
+    """The next entry; None at the end or at a torn or corrupt one."""
+    header = handle.read(_FRAME.size)
+    if len(header) < _FRAME.size:
+        return None
+    crc, size = _FRAME.unpack(header)
+    body = handle.read(size)
+    if len(body) < size or zlib.crc32(body, zlib.crc32(header[4:])) != crc:
+        return None
+    return _decode(body)
 
 
 class Journal:
-    """Records waiting for the broker, in the order they were appended."""
+    """Records waiting for the broker, oldest first. With ``cluster``, opening fails if a
+    record is for another cluster (a producer must never send it there); without it
+    (``clickloop drain``, ``clickloop status``) any journal opens."""
 
-    def __init__(self, directory: str | os.PathLike[str], max_bytes: int) -> None:
+    def __init__(self, directory: str | os.PathLike[str], max_bytes: int,
+                 cluster: str | None = None) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
-        self._data = self.directory / "journal.bin"
-        self._position_file = self.directory / "journal.pos"
-        self._position = 0
-        self._pending = 0
-        self._recover()
-
-    def _recover(self) -> None:
-        if self._position_file.exists():
-            self._position = int(self._position_file.read_text() or 0)
-        if not self._data.exists():
-            self._position = 0
-            return
-        valid_end, count = 0, 0
-        with open(self._data, "rb") as handle:
-            data = handle.read()
-        cursor = 0
-        while cursor + _HEADER.size <= len(data):
-            crc, key_len, value_len, headers_len = _HEADER.unpack_from(data, cursor)
-            end = cursor + _HEADER.size + _body_length(key_len, value_len, headers_len)
-            if end > len(data) or zlib.crc32(data[cursor + 4: end]) != crc:
-                break
-            cursor = end
-            valid_end = end
-            if cursor > self._position:
-                count += 1
-        if valid_end < len(data):
+        self._data = self.directory / DATA_FILE
+        self._position_file = self._data.with_suffix(".pos")
+        position = int(self._position_file.read_text()) if self._position_file.exists() else 0
+        #: Records appended and not yet drained.
+        self.pending = 0
+        end = 0
+        if self._data.exists():
             with open(self._data, "r+b") as handle:
-                handle.truncate(valid_end)
-        self._position = min(self._position, valid_end)
-        self._pending = count
-
-    @property
-    def pending(self) -> int:
-        """Records appended and not yet drained."""
-        return self._pending
+                while (entry := _read(handle)) is not None:
+                    if cluster is not None and entry.cluster != cluster:
+                        raise ValueError(
+                            f"journal {self.directory} holds records for cluster="
+                            f"{entry.cluster!r}, not cluster={cluster!r}; send them with "
+                            "`clickloop drain`")
+                    end = handle.tell()
+                    self.pending += end > position
+                handle.truncate(end)
+        self._position = min(position, end)
 
     @property
     def size_bytes(self) -> int:
         return self._data.stat().st_size if self._data.exists() else 0
 
-    def append(self, records: Sequence[Record]) -> None:
-        """Append all records durably, or none of them if that would pass ``max_bytes``."""
-        if not records:
-            return
-        chunks = []
-        for key, value, headers in records:
-            key_len = _NO_KEY if key is None else len(key)
-            encoded = _headers_encoder.encode(headers) if headers else b""
-            body = (_HEADER.pack(0, key_len, len(value), len(encoded))[4:]
-                    + (key or b"") + value + encoded)
-            chunks.append(struct.pack("<I", zlib.crc32(body)) + body)
-        blob = b"".join(chunks)
-        size = self.size_bytes
-        if size + len(blob) > self.max_bytes:
+    def append(self, entries: Sequence[Entry]) -> None:
+        """Append all entries durably, or none of them if that would pass ``max_bytes``."""
+        blob = b"".join(map(_frame, entries))
+        if self.size_bytes + len(blob) > self.max_bytes:
             raise JournalFull(
-                f"journal {self._data} holds {size} bytes and {self._pending} undelivered "
-                f"records; {len(records)} more ({len(blob)} bytes) would pass "
+                f"journal {self._data} holds {self.size_bytes} bytes and {self.pending} "
+                f"undelivered records; {len(entries)} more ({len(blob)} bytes) would pass "
                 f"journal_max_bytes={self.max_bytes}. The broker has been unreachable too "
-                "long: refusing new events rather than dropping any."
-            )
+                "long: refusing new events rather than dropping any.")
+        self._write(blob, len(entries))
+
+    def _write(self, blob: bytes, count: int) -> None:
         with open(self._data, "ab") as handle:
             handle.write(blob)
             handle.flush()
             os.fsync(handle.fileno())
-        self._pending += len(records)
+        self.pending += count
 
-    def peek(self, max_records: int) -> list[Record]:
+    def entries(self) -> Iterator[Entry]:
+        """The undelivered records, oldest first."""
+        if self.pending:
+            with open(self._data, "rb") as handle:
+                handle.seek(self._position)
+                yield from iter(lambda: _read(handle), None)
+
+    def peek(self, max_records: int) -> list[Entry]:
         """The oldest undelivered records, at most ``max_records`` of them."""
-        if not self._pending:
-            return []
-        records: list[Record] = []
-        with open(self._data, "rb") as handle:
-            handle.seek(self._position)
-            while len(records) < max_records:
-                header = handle.read(_HEADER.size)
-                if len(header) < _HEADER.size:
-                    break
-                _, key_len, value_len, headers_len = _HEADER.unpack(header)
-                key = None if key_len == _NO_KEY else handle.read(key_len)
-                value = handle.read(value_len)
-                headers = _headers_decoder.decode(handle.read(headers_len)) if headers_len else None
-                records.append((key, value, headers))
-        return records
+        return list(islice(self.entries(), max_records))
 
-    def advance(self, count: int) -> None:
-        """Mark the ``count`` oldest undelivered records as delivered."""
+    def advance(self, count: int, requeue: Sequence[Entry] = ()) -> None:
+        """Mark the ``count`` oldest undelivered records as delivered, after appending
+        ``requeue`` (those of them that failed) at the end, so that a record the broker keeps
+        refusing holds up no other. Requeued records are already counted in the size bound."""
+        if requeue:
+            self._write(b"".join(map(_frame, requeue)), len(requeue))
         with open(self._data, "rb") as handle:
             handle.seek(self._position)
             for _ in range(count):
-                _, key_len, value_len, headers_len = _HEADER.unpack(handle.read(_HEADER.size))
-                handle.seek(_body_length(key_len, value_len, headers_len), os.SEEK_CUR)
+                _read(handle)
             self._position = handle.tell()
-        self._pending -= count
-        if self._pending == 0:
-            # Fully drained: start a fresh file so the size bound counts only what waits.
-            self._data.unlink(missing_ok=True)
-            self._position_file.unlink(missing_ok=True)
-            self._position = 0
-        else:
+        self.pending -= count
+        if 2 * self._position < self.size_bytes:
             write_atomic(self._position_file, str(self._position).encode())
+            return
+        # Mostly drained: keep only what waits, so the size bound counts only that. The position
+        # goes back to 0 first: a crash in between sends delivered records again, skips none.
+        rest = self._data.read_bytes()[self._position:]
+        self._position_file.unlink(missing_ok=True)
+        self._position = 0
+        if rest:
+            write_atomic(self._data, rest)
+        else:
+            self._data.unlink()

@@ -1,26 +1,29 @@
 """Batched event producer that never drops an event when the broker is away.
 
 Messages are sent in batches keyed by ``user_id`` (so a user's events share a partition and
-stay in order). Whatever the broker does not acknowledge is appended to a local
-:class:`~ingest.journal.Journal`; while the journal holds anything, new messages queue
-behind it, and every flush first tries to drain it, oldest first. After a failure the
-broker is left alone for a backoff that doubles up to ``max_backoff_s``, so an outage costs
-one timeout, not one per batch. A full journal raises :class:`~ingest.journal.JournalFull`.
-
-Delivery is at least once: a batch whose acknowledgement was lost is sent again, and the
-consumer drops the copy by ``event_id``.
+stay in order). What the broker does not acknowledge goes to a local
+:class:`~ingest.journal.Journal`, one per cluster under ``ingest.journal_dir``; every flush
+first drains it, oldest first, each record to its own topic, and new messages queue behind
+it. With ``ordered=False`` (dead letters) they do not, and a drain moves a record the broker
+refuses to the journal's end instead of stopping at it. After a failure the broker is left
+alone for a backoff that doubles up to ``max_backoff_s``, so an outage costs one timeout, not
+one per batch. Delivery is at least once: a batch whose acknowledgement was lost is sent
+again, and the consumer drops the copy by ``event_id``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import takewhile
+from pathlib import Path
 
 from ingest.codec import encode
 from ingest.events import Event
-from ingest.journal import Journal, Record
+from ingest.journal import Entry, Journal, Record, journal_folder
 from ingest.settings import Settings
 from ingest.transport import ProducerClient, ensure_topics, make_producer
 
@@ -35,35 +38,47 @@ class ProducerStats:
     failures: int = 0
 
 
-class EventProducer:
-    """Send events (or pre-encoded messages) to one topic, spooling through outages."""
+class Undelivered(RuntimeError):
+    """Messages the broker did not take in time are still in the local journal."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        bootstrap: str,
-        *,
-        topic: str | None = None,
-        partitions: int | None = None,
-        journal_dir: str | None = None,
-        max_backoff_s: float = 5.0,
-    ) -> None:
+    def __init__(self, pending: int, folder: Path, bootstrap: str, timeout_s: float) -> None:
+        self.pending = pending
+        self.folder = folder
+        super().__init__(
+            f"{pending:,} event(s) are spooled in {folder}, not taken by the broker at "
+            f"{bootstrap} within deliver_timeout_s={timeout_s:g}; send them with `clickloop "
+            f"drain` (--bootstrap HOST:PORT if the broker moved)")
+
+
+class EventProducer:
+    """Send events (or pre-encoded messages) to one topic, spooling through outages.
+
+    ``journal`` replaces the producer's own (``journal_dir`` / the bootstrap's folder), to
+    drain a journal written for another address.
+    """
+
+    def __init__(self, settings: Settings, bootstrap: str, *, topic: str | None = None,
+                 partitions: int | None = None, journal_dir: str | None = None,
+                 journal: Journal | None = None, ordered: bool = True,
+                 max_backoff_s: float = 5.0) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.topic = topic or settings.kafka.topic
         self.partitions = partitions or settings.kafka.partitions
         ingest = settings.ingest
-        self.journal = Journal(journal_dir or ingest.journal_dir, ingest.journal_max_bytes)
+        self.journal = journal or Journal(
+            journal_folder(journal_dir or ingest.journal_dir, bootstrap),
+            ingest.journal_max_bytes, cluster=bootstrap)
+        self.ordered = ordered
         self.batch_size = ingest.producer_batch_size
         self.timeout_s = ingest.producer_timeout_s
         self.max_backoff_s = max_backoff_s
         self.stats = ProducerStats()
         self._buffer: list[Record] = []
         self._client: ProducerClient | None = None
+        self._topics_made: set[str] = set()
         self._retry_at = 0.0
         self._backoff_s = 0.25
-
-    # ------------------------------------------------------------------------ public API
 
     def send(self, events: Iterable[Event]) -> None:
         """Queue events; full batches are sent as they fill."""
@@ -81,29 +96,52 @@ class EventProducer:
         batch, self._buffer = self._buffer, []
         if self.journal.pending:
             self.drain()
-        if self.journal.pending:
-            self._spool(batch)
-        elif batch:
-            self._deliver(batch)
+        if batch and not (self.ordered and self.journal.pending):
+            failed = self._send(self.topic, batch) if self._connected() else range(len(batch))
+            self.stats.acknowledged += len(batch) - len(failed)
+            batch = [batch[i] for i in failed]
+        if batch:
+            self.journal.append([Entry(self.topic, self.bootstrap, *r) for r in batch])
+            self.stats.spooled += len(batch)
         return self.stats
 
     def drain(self) -> int:
-        """Send journaled messages, oldest first, until the journal is empty or sending fails."""
-        drained = 0
-        while self.journal.pending and self._connected():
-            records = self.journal.peek(self.batch_size)
-            failed = self._try_send(records)
-            if failed is None:
-                break
-            # Only the unbroken prefix counts as delivered: the rest stays, in order.
-            delivered = failed[0] if failed else len(records)
-            self.journal.advance(delivered)
-            drained += delivered
-            if failed:
-                self._failed("journal drain", len(records) - delivered)
-                break
+        """One pass over the journal, oldest first, one topic per batch, until a failure starts
+        the backoff; failed records stay first, or (``ordered=False``) move to the end."""
+        drained, budget = 0, self.journal.pending
+        while budget and self._connected():
+            peeked = self.journal.peek(min(self.batch_size, budget))
+            entries = list(takewhile(lambda e: e.topic == peeked[0].topic, peeked))
+            budget -= len(entries)
+            failed = self._send(entries[0].topic, [e.record for e in entries])
+            if self.ordered:
+                # Only the unbroken prefix counts as delivered: the rest stays, in order.
+                done = failed[0] if failed else len(entries)
+                self.journal.advance(done)
+            else:
+                done = len(entries) - len(failed)
+                self.journal.advance(len(entries), [entries[i] for i in failed])
+            drained += done
         self.stats.drained += drained
         return drained
+
+    def deliver(self, timeout_s: float | None = None, *, check: bool = False) -> int:
+        """Flush, then keep draining (with the backoff) until the journal is empty or
+        ``timeout_s`` (default ``ingest.deliver_timeout_s``) has passed. Returns how many
+        messages are still in the journal; with ``check``, raises :class:`Undelivered`
+        instead of returning a number above 0."""
+        if timeout_s is None:
+            timeout_s = self.settings.ingest.deliver_timeout_s
+        deadline = time.monotonic() + timeout_s
+        self.flush()
+        while self.journal.pending and self._retry_at < deadline:
+            # The backoff after a failed attempt: nothing signals the broker's return.
+            time.sleep(max(0.0, self._retry_at - time.monotonic()))
+            self.drain()
+        if check and self.journal.pending:
+            raise Undelivered(self.journal.pending, self.journal.directory, self.bootstrap,
+                              timeout_s)
+        return self.journal.pending
 
     def close(self) -> None:
         self.flush()
@@ -117,59 +155,48 @@ class EventProducer:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------------------- internals
-
-    def _deliver(self, batch: list[Record]) -> None:
-        if not self._connected():
-            self._spool(batch)
-            return
-        failed = self._try_send(batch)
-        if failed is None:
-            self._spool(batch)
-            return
-        self.stats.acknowledged += len(batch) - len(failed)
-        if failed:
-            self._failed("send", len(failed))
-            self._spool([batch[i] for i in failed])
-
-    def _spool(self, batch: Sequence[Record]) -> None:
-        if batch:
-            self.journal.append(batch)
-            self.stats.spooled += len(batch)
-
-    def _try_send(self, batch: Sequence[Record]
-                  ) -> list[int] | None:
-        """Indices not acknowledged, or None when the client itself failed."""
+    def _send(self, topic: str, batch: Sequence[Record]) -> list[int]:
+        """Indices not acknowledged. A failure starts the backoff, unless ``ordered`` is off
+        and the broker took the rest of the batch: then it is up and refuses these only."""
         assert self._client is not None
+        kafka = self.settings.kafka
+        # A drained record's topic may be another producer's; the DLQ topic has one partition.
+        partitions = (self.partitions if topic == self.topic
+                      else 1 if topic == kafka.dlq_topic else kafka.partitions)
         try:
-            return self._client.send_batch(self.topic, batch, self.timeout_s)
+            if topic not in self._topics_made:
+                ensure_topics(self.bootstrap, {topic: partitions}, self.timeout_s)
+                self._topics_made.add(topic)
+            failed = self._client.send_batch(topic, batch, self.timeout_s)
         except Exception as exc:  # noqa: BLE001 - any client failure means "spool and retry"
-            self._failed(f"send ({exc})", len(batch))
-            return None
+            log.warning("producer client failed on %s: %s", self.bootstrap, exc)
+            failed = list(range(len(batch)))
+        if failed:
+            self.stats.failures += 1
+            log.warning("the broker at %s did not take %d of %d message(s) to %s; journaling",
+                        self.bootstrap, len(failed), len(batch), topic)
+            if self.ordered or len(failed) == len(batch):
+                self._back_off()
+        return failed
 
     def _connected(self) -> bool:
-        if self._client is not None:
-            return True
-        if time.monotonic() < self._retry_at:
-            return False
-        try:
-            ensure_topics(self.bootstrap, {self.topic: self.partitions}, self.timeout_s)
-            self._client = make_producer(self.settings.kafka, self.bootstrap, self.timeout_s)
-        except Exception as exc:  # noqa: BLE001 - TransportError or any client failure
-            self._failed(f"connect ({exc})", 0)
-            return False
-        self._backoff_s = 0.25
-        return True
-
-    def _failed(self, what: str, count: int) -> None:
-        self.stats.failures += 1
-        log.warning("producer %s failed for %d message(s) to %s; journaling", what, count,
-                    self.bootstrap)
-        if self._client is not None:
+        if self._client is None and time.monotonic() >= self._retry_at:
             try:
+                self._client = make_producer(self.settings.kafka, self.bootstrap,
+                                             self.timeout_s)
+                self._backoff_s = 0.25
+            except Exception as exc:  # noqa: BLE001 - TransportError or any client failure
+                self.stats.failures += 1
+                log.warning("producer cannot connect to %s: %s", self.bootstrap, exc)
+                self._back_off()
+        return self._client is not None
+
+    def _back_off(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(Exception):  # already failing; the journal has the data
                 self._client.close()
-            except Exception:  # noqa: BLE001 - already failing; the journal has the data
-                pass
             self._client = None
+        # A broker back at the same address may be a new, empty one.
+        self._topics_made.clear()
         self._retry_at = time.monotonic() + self._backoff_s
         self._backoff_s = min(self._backoff_s * 2, self.max_backoff_s)
