@@ -2,67 +2,90 @@
 
 Layout::
 
-    ROOT/_checkpoint.json                     what is committed: flush sequence, offsets
-    ROOT/click/date=2026-11-23/0000000042.parquet
-    ROOT/impression/date=2026-11-23/0000000042.parquet
+    ROOT/_checkpoint.json   what is committed: sequence number, offsets, superseded files
+    ROOT/_writer.lock       held by the one writer (its pid inside)
+    ROOT/click/date=2026-11-23/0000000042.parquet   the clicks of that date in flush 42
 
-A flush writes its files under temporary names, renames them, then replaces the checkpoint
-(temp file + rename). Files of a flush that never reached the checkpoint are orphans of a
-crash: the writer deletes them when it opens the store and readers never list them, so
-every committed event is read exactly once.
+A flush writes each file whole (:func:`~ingest.atomic.write_atomic`), then replaces the
+checkpoint. Files of a flush that never reached the checkpoint are orphans of a crash: the
+writer deletes them when it opens the store and readers never list them, so every
+committed event is read exactly once.
+
+Only one :class:`ParquetLogStore` may write to a folder at a time (an exclusive ``flock``
+on ``_writer.lock``, released on close or when the process dies); readers take no lock.
+
+A type's newest date may still receive events; its older dates are closed and collect one
+file per flush. :func:`compact` rewrites a closed date's files as one file under a new
+sequence number, then commits a checkpoint recording that files of that folder numbered
+below it are superseded, then deletes them. Readers and orphan removal honour the record,
+so a crash at any step leaves each event visible once. A lazy frame planned before a
+compaction may find a superseded file gone: scan again.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Self
 
 import polars as pl
 
-from ingest.events import EVENT_TYPES, Event
-from ingest.frames import SCHEMAS, EventFrames, empty_frame, split_events
-from ingest.journal import write_atomic
-from ingest.sink import Checkpoint, TopicPartition
+from ingest.atomic import write_atomic
+from ingest.events import EVENT_TYPES
+from ingest.frames import EventFrames, LogBatch, empty_frame
+from ingest.sink import Checkpoint, TopicPartition, conform
+from ingest.validation import LINE, validate_batch
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT = "_checkpoint.json"
+LOCK = "_writer.lock"
 _FILE = re.compile(r"^(\d{10})\.parquet$")
 
-def _date_of(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+
+class StoreLocked(RuntimeError):
+    """Another writer holds the log store."""
+
+    def __init__(self, root: Path, pid: int | None) -> None:
+        holder = f"process {pid}" if pid else "another process"
+        super().__init__(f"log store {root} is being written by {holder} "
+                         f"(lock {root / LOCK}); one writer at a time")
+        self.root, self.pid = root, pid
 
 
-def _read_checkpoint(root: Path) -> tuple[int, Checkpoint]:
-    path = root / CHECKPOINT
-    if not path.exists():
-        return 0, Checkpoint(None)
-    data = json.loads(path.read_text())
+def _read_checkpoint(root: Path) -> tuple[int, Checkpoint, dict[str, int]]:
+    """The last committed sequence number, the offsets, and per folder the number below
+    which its files are superseded."""
+    try:
+        data = json.loads((root / CHECKPOINT).read_text())
+    except FileNotFoundError:
+        return 0, Checkpoint(None), {}
     offsets = {(t, int(p)): int(o) for t, p, o in data["offsets"]}
-    return int(data["seq"]), Checkpoint(data.get("cluster_id"), offsets)
+    return data["seq"], Checkpoint(data.get("cluster_id"), offsets), data.get("compacted", {})
 
 
-def _committed_files(root: Path, kind: str, seq: int) -> list[Path]:
-    files = []
-    for path in (root / kind).glob("date=*/*.parquet"):
-        match = _FILE.match(path.name)
-        if match and int(match.group(1)) <= seq:
-            files.append(path)
+def _committed_files(root: Path, kind: str, seq: int, compacted: dict[str, int]
+                     ) -> list[Path]:
+    """``kind``'s files that the checkpoint (``seq``, ``compacted``) covers, oldest first."""
+    files = [path for path in (root / kind).glob("date=*/*.parquet")
+             if (match := _FILE.match(path.name))
+             and compacted.get(f"{kind}/{path.parent.name}", 0) <= int(match[1]) <= seq]
     return sorted(files, key=lambda p: (p.name, p.parent.name))
 
 
 def scan(root: str | os.PathLike[str], kind: str) -> pl.LazyFrame:
     """Lazily read every committed event of one type (empty frame when there is none)."""
-    if kind not in SCHEMAS:
+    if kind not in EVENT_TYPES:
         raise ValueError(f"event type {kind!r} is not one of {', '.join(EVENT_TYPES)}")
-    root = Path(root)
-    seq, _ = _read_checkpoint(root)
-    files = _committed_files(root, kind, seq)
-    if not files:
-        return empty_frame(kind).lazy()
-    return pl.scan_parquet(files)
+    seq, _, compacted = _read_checkpoint(Path(root))
+    files = _committed_files(Path(root), kind, seq, compacted)
+    return pl.scan_parquet(files) if files else empty_frame(kind).lazy()
 
 
 def scan_all(root: str | os.PathLike[str]) -> dict[str, pl.LazyFrame]:
@@ -70,95 +93,150 @@ def scan_all(root: str | os.PathLike[str]) -> dict[str, pl.LazyFrame]:
 
 
 def iter_frames(root: str | os.PathLike[str], batch_rows: int = 500_000
-                ) -> Iterator[EventFrames]:
-    """The committed events again, a frame of one type at a time, for replay."""
+                ) -> Iterator[LogBatch]:
+    """The committed events again, validated like any other source, a frame of one type at
+    a time, for replay. A rejected event's line is its row number (from 1) in its type."""
     for kind in EVENT_TYPES:
         frame = scan(root, kind).collect()
         for offset in range(0, frame.height, batch_rows):
-            yield {kind: frame.slice(offset, batch_rows)}
+            part = frame.slice(offset, batch_rows).with_row_index(LINE, offset + 1)
+            yield validate_batch({kind: part})
 
 
 class ParquetLogStore:
-    """A :class:`~ingest.sink.Sink` that appends events to the parquet log."""
+    """A :class:`~ingest.sink.Sink` that appends events to the parquet log; the only writer
+    of its folder until :meth:`close` (:class:`StoreLocked` otherwise)."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._seq, self._checkpoint = _read_checkpoint(self.root)
-        self._pending_frames: dict[str, list[pl.DataFrame]] = {k: [] for k in EVENT_TYPES}
-        self._remove_orphans()
-
-    def _remove_orphans(self) -> None:
+        # A file object, not a bare descriptor: a store dropped without close() releases the
+        # lock when it is collected.
+        self._lock = open(self.root / LOCK, "a+")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.seek(0)
+            holder = self._lock.read().strip()
+            self._lock.close()
+            raise StoreLocked(self.root, int(holder) if holder.isdigit() else None) from None
+        self._lock.truncate(0)
+        self._lock.write(f"{os.getpid()}\n")
+        self._lock.flush()
+        self._seq, self._checkpoint, self._compacted = _read_checkpoint(self.root)
+        self._pending: list[tuple[str, pl.DataFrame]] = []
+        committed = set(self._files())
         for path in self.root.glob("*/date=*/*"):
-            match = _FILE.match(path.name)
-            if path.name.startswith(".") or (match and int(match.group(1)) > self._seq):
-                path.unlink()
+            if path not in committed and (path.name.startswith(".") or _FILE.match(path.name)):
+                path.unlink()  # an orphan, or a temp file, of a crash
 
-    def write(self, events: Sequence[Event]) -> None:
-        # Columns now, while the batch's objects are fresh in the CPU cache, not at flush.
-        self.write_frames(split_events(events))
+    def _files(self, kind: str | None = None) -> list[Path]:
+        return [path for k in ([kind] if kind else EVENT_TYPES)
+                for path in _committed_files(self.root, k, self._seq, self._compacted)]
 
-    def write_frames(self, frames: EventFrames) -> None:
-        """Accept already-validated events as frames in the store's schema."""
-        for kind, frame in frames.items():
-            if frame.height:
-                self._pending_frames[kind].append(frame.select(list(SCHEMAS[kind])))
+    def _next_seq(self) -> int:
+        if self._lock.closed:
+            raise ValueError(f"log store {self.root} is closed")
+        return self._seq + 1
 
-    def _frame_to_flush(self, kind: str) -> pl.DataFrame | None:
-        parts = self._pending_frames[kind]
-        if not parts:
-            return None
-        return parts[0] if len(parts) == 1 else pl.concat(parts)
+    def _commit(self, seq: int, checkpoint: Checkpoint, compacted: dict[str, int]) -> None:
+        write_atomic(self.root / CHECKPOINT, json.dumps({
+            "version": 2,
+            "seq": seq,
+            "cluster_id": checkpoint.cluster_id,
+            "offsets": [[t, p, o] for (t, p), o in sorted(checkpoint.offsets.items())],
+            "compacted": compacted,
+            "written_at": datetime.now(UTC).isoformat(),
+        }).encode())
+        self._seq, self._checkpoint, self._compacted = seq, checkpoint, compacted
+
+    def write(self, frames: EventFrames) -> None:
+        """Accept validated events as frames in the store's schema."""
+        self._pending += [(kind, conform(kind, f)) for kind, f in frames.items() if f.height]
 
     def flush(self, offsets: dict[TopicPartition, int], cluster_id: str | None) -> None:
-        seq = self._seq + 1
-        written = []
+        seq = self._next_seq()
         for kind in EVENT_TYPES:
-            frame = self._frame_to_flush(kind)
-            if frame is None:
+            parts = [frame for k, frame in self._pending if k == kind]
+            if not parts:
                 continue
-            frame = frame.with_columns(_day=(pl.col("ts") // 86400).cast(pl.Int64))
-            for (day,), part in frame.partition_by("_day", as_dict=True,
-                                                   maintain_order=True).items():
-                folder = self.root / kind / f"date={_date_of(float(day) * 86400)}"
+            days = pl.concat(parts).with_columns(_day=(pl.col("ts") // 86400).cast(pl.Int64))
+            for (day,), part in days.partition_by("_day", as_dict=True,
+                                                  maintain_order=True).items():
+                date = datetime.fromtimestamp(day * 86400, UTC)
+                folder = self.root / kind / f"date={date:%Y-%m-%d}"
                 folder.mkdir(parents=True, exist_ok=True)
-                target = folder / f"{seq:010d}.parquet"
-                tmp = folder / f".{target.name}.tmp"
-                part.drop("_day").write_parquet(tmp, compression="zstd", statistics=True)
-                with open(tmp, "rb+") as handle:
-                    os.fsync(handle.fileno())
-                written.append((tmp, target))
-        for tmp, target in written:
-            os.replace(tmp, target)
+                write_atomic(folder / f"{seq:010d}.parquet", part.drop("_day").write_parquet)
         checkpoint = self._checkpoint.advanced(cluster_id, offsets)
-        if written or checkpoint != self._checkpoint:
-            write_atomic(self.root / CHECKPOINT, json.dumps({
-                "version": 1,
-                "seq": seq,
-                "cluster_id": checkpoint.cluster_id,
-                "offsets": [[t, p, o] for (t, p), o in sorted(checkpoint.offsets.items())],
-                "written_at": datetime.now(UTC).isoformat(),
-            }).encode())
-            self._seq, self._checkpoint = seq, checkpoint
-        self._pending_frames = {kind: [] for kind in EVENT_TYPES}
+        if self._pending or checkpoint != self._checkpoint:
+            self._commit(seq, checkpoint, self._compacted)
+        self._pending = []
+
+    def compact(self) -> dict[str, int]:
+        """Rewrite each closed date's committed files as one file (see the module doc).
+        Returns, per folder merged (``click/date=2026-11-23``), how many files became one."""
+        seq = self._next_seq()
+        merged: dict[str, list[Path]] = {}
+        for kind in EVENT_TYPES:
+            by_folder: dict[Path, list[Path]] = {}
+            for path in self._files(kind):
+                by_folder.setdefault(path.parent, []).append(path)
+            newest = max(by_folder, key=lambda p: p.name, default=None)
+            for folder, files in by_folder.items():
+                if folder != newest and len(files) > 1:
+                    streamed = pl.scan_parquet(files).sink_parquet  # a day may not fit in RAM
+                    write_atomic(folder / f"{seq:010d}.parquet", streamed)
+                    merged[f"{kind}/{folder.name}"] = files
+        if not merged:
+            return {}
+        self._commit(seq, self._checkpoint, {**self._compacted, **dict.fromkeys(merged, seq)})
+        for path in (path for files in merged.values() for path in files):
+            path.unlink()
+        report = {folder: len(files) for folder, files in merged.items()}
+        log.info("compacted %s: %s", self.root, report)
+        return report
+
+    def close(self, compact: bool = True) -> None:
+        """Compact (unless told not to) and release the store; unflushed frames are dropped
+        (see :meth:`ingest.sink.Sink.close`)."""
+        try:
+            if compact and not self._lock.closed:
+                self.compact()
+        finally:
+            self._lock.close()  # closing the only descriptor releases the flock
+            self._pending = []
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def checkpoint(self) -> Checkpoint:
         return self._checkpoint
 
     def recent_event_ids(self, limit: int) -> list[str]:
-        files = [f for kind in EVENT_TYPES for f in _committed_files(self.root, kind, self._seq)]
-        files.sort(key=lambda p: p.name, reverse=True)
-        chunks: list[list[str]] = []
-        total = 0
+        # Newest flush first; a compacted file merges closed dates, so it counts as oldest.
+        merged = {self.root / folder / f"{seq:010d}.parquet"
+                  for folder, seq in self._compacted.items()}
+        files = sorted(self._files(), key=lambda p: (p not in merged, p.name), reverse=True)
+        chunks: list[pl.Series] = []
         for path in files:
-            if total >= limit:
+            if sum(map(len, chunks)) >= limit:
                 break
-            ids = pl.read_parquet(path, columns=["event_id"])["event_id"].to_list()
-            chunks.append(ids)
-            total += len(ids)
-        ordered = [i for chunk in reversed(chunks) for i in chunk]
-        return ordered[-limit:]
+            chunks.append(pl.read_parquet(path, columns=["event_id"])["event_id"])
+        return pl.concat(chunks[::-1]).tail(limit).to_list() if chunks else []
 
     def count(self) -> dict[str, int]:
         return {kind: scan(self.root, kind).select(pl.len()).collect().item()
                 for kind in EVENT_TYPES}
+
+
+def compact(root: str | os.PathLike[str]) -> dict[str, int]:
+    """:meth:`ParquetLogStore.compact` on a store no writer holds (:class:`StoreLocked`
+    otherwise)."""
+    store = ParquetLogStore(root)
+    try:
+        return store.compact()
+    finally:
+        store.close(compact=False)

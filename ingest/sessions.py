@@ -17,17 +17,9 @@ def sessionize(events: pl.LazyFrame, gap_s: float = DEFAULT_GAP_S) -> pl.LazyFra
     """Add ``session_id`` (``user_id#n``, n from 0) to frames with ``user_id`` and ``ts``."""
     if gap_s <= 0:
         raise ValueError(f"gap_s={gap_s} must be > 0")
-    return (
-        events.sort("user_id", "ts", maintain_order=True)
-        .with_columns(
-            _new=(pl.col("ts").diff().over("user_id").fill_null(float("inf")) > gap_s)
-        )
-        .with_columns(
-            session_id=pl.col("user_id") + "#"
-            + (pl.col("_new").cast(pl.Int32).cum_sum().over("user_id") - 1).cast(pl.String)
-        )
-        .drop("_new")
-    )
+    number = ((pl.col("ts").diff() > gap_s).fill_null(True).cum_sum() - 1).over("user_id")
+    return events.sort("user_id", "ts", maintain_order=True).with_columns(
+        session_id=pl.col("user_id") + "#" + number.cast(pl.String))
 
 
 def query_chains(
@@ -64,13 +56,11 @@ def reformulations(chains: pl.LazyFrame) -> pl.LazyFrame:
     """Each failed query and the query the user typed next in the same session:
     ``session_id, failed, next, next_succeeded``."""
     return (
-        chains.with_columns(pl.int_ranges(pl.col("queries").list.len()).alias("_i"))
-        .explode("queries", "succeeded", "_i")
+        chains.explode("queries", "succeeded")
         .with_columns(
             next=pl.col("queries").shift(-1).over("session_id"),
             next_succeeded=pl.col("succeeded").shift(-1).over("session_id"),
         )
         .filter(~pl.col("succeeded") & pl.col("next").is_not_null())
-        .select("session_id", failed=pl.col("queries"), next="next",
-                next_succeeded="next_succeeded")
+        .select("session_id", pl.col("queries").alias("failed"), "next", "next_succeeded")
     )

@@ -1,11 +1,12 @@
 """Where validated events go, and the checkpoint contract that makes the pipeline exact.
 
-A sink buffers events with :meth:`Sink.write` and makes them durable with
-:meth:`Sink.flush`, which also records, atomically with the data, the Kafka offsets those
-events cover. On restart the consumer starts each partition at the sink's checkpoint, so an
-event reaches the sink exactly once even if the process died between writing and
-committing. Offsets only mean something on the cluster that issued them, so the checkpoint
-carries the cluster id too.
+A sink takes events as columns: :meth:`Sink.write` buffers validated frames
+(:data:`ingest.frames.EventFrames`, one frame per type in :data:`ingest.frames.SCHEMAS`)
+and :meth:`Sink.flush` makes them durable together with the Kafka offsets they cover. On
+restart the consumer starts each partition at the sink's checkpoint, so an event reaches
+the sink exactly once even if the process died between writing and committing. Offsets
+only mean something on the cluster that issued them, so the checkpoint carries the cluster
+id too.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ingest.events import Event
+import polars as pl
+
+from ingest.events import EVENT_TYPES, Event
+from ingest.frames import SCHEMAS, EventFrames, events_of
 
 TopicPartition = tuple[str, int]
 
@@ -34,9 +38,8 @@ class Checkpoint:
 
     def advanced(self, cluster_id: str | None, offsets: dict[TopicPartition, int]
                  ) -> Checkpoint:
-        """This checkpoint moved on by ``offsets``; offsets of another cluster are dropped.
-        A flush that covers no offsets (e.g. before any partition is assigned) changes
-        nothing, whatever cluster it names."""
+        """Moved on by ``offsets``, dropping those of another cluster. No offsets (a flush
+        before any partition is assigned) change nothing, whatever cluster they name."""
         if not offsets:
             return self
         base = self.offsets if cluster_id == self.cluster_id else {}
@@ -44,31 +47,43 @@ class Checkpoint:
 
 
 class Sink(Protocol):
-    def write(self, events: Sequence[Event]) -> None:
-        """Accept events; they need not be durable until :meth:`flush` returns."""
-        ...
+    def write(self, frames: EventFrames) -> None:
+        """Accept validated events; they need not be durable until :meth:`flush` returns."""
 
     def flush(self, offsets: dict[TopicPartition, int], cluster_id: str | None) -> None:
         """Make everything written durable, together with the offsets it covers."""
-        ...
 
-    def checkpoint(self) -> Checkpoint:
-        ...
+    def checkpoint(self) -> Checkpoint: ...
 
     def recent_event_ids(self, limit: int) -> list[str]:
         """Ids of the latest events made durable, oldest first, to re-seed deduplication."""
-        ...
+
+    def close(self) -> None:
+        """Release what the sink holds. Frames written since the last flush are dropped:
+        no checkpoint covers them, so a restart reads them again."""
+
+
+def conform(kind: str, frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` reduced to the columns of its type's schema, in order. A frame of another
+    shape is refused here rather than stored where every later read would trip on it."""
+    if kind not in SCHEMAS:
+        raise ValueError(f"event type {kind!r} is not one of {', '.join(EVENT_TYPES)}")
+    frame = frame.select(list(SCHEMAS[kind]))
+    for name, dtype in SCHEMAS[kind].items():
+        if frame.schema[name] != dtype:
+            raise TypeError(f"{kind} column {name} is {frame.schema[name]}, not {dtype}")
+    return frame
 
 
 class NullSink:
-    """Discards events; keeps the checkpoint in memory. For benchmarks of the pipeline."""
+    """Counts rows and discards them; keeps the checkpoint in memory. For benchmarks."""
 
     def __init__(self) -> None:
         self.count = 0
         self._checkpoint = Checkpoint(None)
 
-    def write(self, events: Sequence[Event]) -> None:
-        self.count += len(events)
+    def write(self, frames: EventFrames) -> None:
+        self.count += sum(frame.height for frame in frames.values())
 
     def flush(self, offsets: dict[TopicPartition, int], cluster_id: str | None) -> None:
         self._checkpoint = self._checkpoint.advanced(cluster_id, offsets)
@@ -79,25 +94,46 @@ class NullSink:
     def recent_event_ids(self, limit: int) -> list[str]:
         return []
 
+    def close(self) -> None:
+        pass
+
 
 class MemorySink:
-    """Keeps every durable event in a list: for notebooks, learners in-process, and tests."""
+    """Keeps every durable event in memory, a frame per type (:attr:`frames`): for
+    notebooks, learners in-process, and tests."""
 
     def __init__(self) -> None:
-        self.events: list[Event] = []
-        self._pending: list[Event] = []
+        self.frames: EventFrames = {}
+        self._pending: list[tuple[str, pl.DataFrame]] = []
+        self._ids = pl.Series("event_id", [], pl.String)  # in the order they were flushed
+        self._events: tuple[EventFrames, list[Event]] = (self.frames, [])
         self._checkpoint = Checkpoint(None)
 
-    def write(self, events: Sequence[Event]) -> None:
-        self._pending.extend(events)
+    def write(self, frames: EventFrames) -> None:
+        self._pending += [(kind, conform(kind, f)) for kind, f in frames.items() if f.height]
 
     def flush(self, offsets: dict[TopicPartition, int], cluster_id: str | None) -> None:
-        self.events.extend(self._pending)
-        self._pending = []
+        if self._pending:
+            # A new dict, swapped in whole: a thread reading .events sees before or after.
+            frames = dict(self.frames)
+            for kind, frame in self._pending:
+                frames[kind] = pl.concat([frames[kind], frame]) if kind in frames else frame
+                self._ids = pl.concat([self._ids, frame["event_id"]])
+            self.frames, self._pending = frames, []
         self._checkpoint = self._checkpoint.advanced(cluster_id, offsets)
+
+    @property
+    def events(self) -> list[Event]:
+        """The durable events as objects, in time order (converted once per flush)."""
+        if self._events[0] is not (frames := self.frames):
+            self._events = (frames, events_of(frames))
+        return self._events[1]
 
     def checkpoint(self) -> Checkpoint:
         return self._checkpoint
 
     def recent_event_ids(self, limit: int) -> list[str]:
-        return [e.event_id for e in self.events[-limit:]]
+        return self._ids.tail(limit).to_list()
+
+    def close(self) -> None:
+        self._pending = []
