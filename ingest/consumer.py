@@ -1,21 +1,17 @@
-"""The ingest pipeline: poll, validate, dead-letter, deduplicate, apply, commit.
+"""The ingest pipeline: poll, validate, dead-letter, deduplicate, write, commit.
 
-Each poll returns a batch of raw messages, handed to an apply stage
-(:mod:`ingest.stages`: on this thread, or in a second process with
-``ingest.decode_process``) that decodes and validates them with :mod:`ingest.codec`,
-counts valid events whose ``event_id`` was seen recently as duplicates, and writes the rest
-to the sink. The rejected messages of each finished batch become dead letters. Every
-``flush_max_events`` events or ``flush_interval_s`` seconds the dead letters are sent (or
-journaled), the sink is flushed with the offsets it now covers, and only then are the
-offsets committed to Kafka. At all times ``consumed == applied + rejected + duplicates``
-(counted when a batch is finished).
+Each polled batch is decoded and validated (:mod:`ingest.codec`); the rejected become dead
+letters with their reason; valid events whose ``event_id`` the window has seen are counted
+as duplicates; the rest go to the sink as frames. Every ``flush_max_events`` events or
+``flush_interval_s`` seconds the dead letters are sent (or journaled), the sink is flushed
+with the offsets it covers, and only then are offsets committed. At all times ``consumed ==
+applied + rejected + duplicates``. Ingest scales by partitions: consumers sharing a
+``group_id`` split them, each with its own sink.
 
-If the broker is replaced by one with another cluster id (an in-memory broker restarted),
-the offsets held so far refer to a log that no longer exists: the consumer flushes what it
-has and reads the new cluster's partitions from the beginning; deduplication drops what it
-had already applied. The cluster id is asked for on a background thread every
-``cluster_check_s``: a metadata request can take hundreds of milliseconds on a busy broker,
-and the poll loop should not stall for it.
+A broker with another cluster id (an in-memory broker restarted) has lost the log the
+offsets point into: the consumer flushes and re-reads from the beginning, and
+deduplication drops what it had applied. The cluster id is watched on a background thread,
+so a slow metadata request never stalls the poll loop.
 """
 
 from __future__ import annotations
@@ -23,21 +19,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from itertools import compress
 
+from ingest.codec import decode_batch
+from ingest.dedupe import DedupeWindow
 from ingest.dlq import dead_letter_record
+from ingest.events import Event
+from ingest.frames import split_events
 from ingest.producer import EventProducer
 from ingest.settings import Settings
 from ingest.sink import Sink, TopicPartition
-from ingest.stages import ApplyStage, InlineStage, ProcessStage, SinkFactory
 from ingest.transport import ConsumerClient, PolledBatch, ensure_topics, make_consumer
 
 log = logging.getLogger(__name__)
-
-#: The poll timeout while the apply stage still has batches to finish.
-IN_FLIGHT_POLL_S = 0.02
 
 
 @dataclass(slots=True)
@@ -55,25 +51,14 @@ class Counters:
         return asdict(self)
 
 
-def _factory_of(sink: Sink | SinkFactory) -> SinkFactory | None:
-    # A sink class is a factory too (NullSink); a sink instance has a bound write method.
-    if isinstance(sink, type) or (callable(sink) and not hasattr(sink, "write")):
-        return sink  # type: ignore[return-value]
-    return None
-
-
 class EventConsumer:
     """Consume the events topic into a :class:`~ingest.sink.Sink`; see the module doc.
-
-    ``sink`` is a sink, or a factory of one (a class, or e.g.
-    ``functools.partial(ParquetLogStore, path)``); with ``ingest.decode_process`` it must
-    be a factory that can be pickled, as the sink is built in the apply process.
-    """
+    The consumer closes the sink when it closes."""
 
     def __init__(
         self,
         settings: Settings,
-        sink: Sink | SinkFactory,
+        sink: Sink,
         bootstrap: str,
         *,
         group_id: str | None = None,
@@ -85,22 +70,13 @@ class EventConsumer:
         self.settings = settings
         self.bootstrap = bootstrap
         self.topic = topic or kafka.topic
+        self.sink = sink
         self.counters = Counters()
-        factory = _factory_of(sink)
-        if ingest.decode_process:
-            if factory is None:
-                raise ValueError(
-                    f"ingest.decode_process=true builds the sink in the apply process, so "
-                    f"sink must be a picklable factory (a class or functools.partial), not "
-                    f"the {type(sink).__name__} instance given")
-            self._stage: ApplyStage = ProcessStage(factory, ingest)
-        else:
-            self._stage = InlineStage(
-                factory() if factory else sink, ingest)  # type: ignore[arg-type]
-        self._in_flight: deque[tuple[PolledBatch, dict[TopicPartition, int]]] = deque()
+        self._window = DedupeWindow(ingest.dedupe_window)
+        self._window.seed(sink.recent_event_ids(ingest.dedupe_window))
         self.dlq = EventProducer(
             settings, bootstrap, topic=kafka.dlq_topic, partitions=1,
-            journal_dir=dlq_journal_dir or f"{ingest.journal_dir}/dlq",
+            journal_dir=dlq_journal_dir or f"{ingest.journal_dir}/dlq", ordered=False,
         )
         ensure_topics(bootstrap, {self.topic: kafka.partitions, kafka.dlq_topic: 1})
         self._client: ConsumerClient = make_consumer(
@@ -121,7 +97,7 @@ class EventConsumer:
 
     def _on_assign(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         self._cluster_id = self._client.cluster_id()
-        starts = self._stage.checkpoint().starts_for(self._cluster_id, partitions)
+        starts = self.sink.checkpoint().starts_for(self._cluster_id, partitions)
         log.info("assigned %s on cluster %s; starting from the sink checkpoint at %s",
                  partitions, self._cluster_id, starts)
         return starts
@@ -138,49 +114,45 @@ class EventConsumer:
         observed = self._observed_cluster
         if observed is not None and observed != self._cluster_id:
             self._cluster_changed(observed)
-        # With batches in flight in the apply process, a quiet topic must not hold their
-        # outcomes (and the next flush) back for a whole poll timeout.
-        timeout_s = min(ingest.poll_timeout_s, IN_FLIGHT_POLL_S) if self._in_flight \
-            else ingest.poll_timeout_s
-        batch = self._client.poll(ingest.poll_max_records, timeout_s)
+        batch = self._client.poll(ingest.poll_max_records, ingest.poll_timeout_s)
         consumed = len(batch.values)
         if consumed:
-            # Offsets now: confluent-kafka reads them from the client's position, which
-            # the next poll moves on.
-            self._in_flight.append((batch, batch.next_offsets()))
-            self._stage.submit(batch.values)
-        # Nothing new fetched: finish what is in flight rather than wait for a message.
-        self._settle(wait=not consumed)
+            self._apply(batch)
         if self._unflushed >= ingest.flush_max_events or (
                 self._unflushed and now - self._last_flush >= ingest.flush_interval_s):
             self.flush()
         return consumed
 
-    def _settle(self, wait: bool) -> None:
-        """Account for the batches the stage has finished: dead letters, counters, offsets."""
-        counters, dlq_max_raw_bytes = self.counters, self.settings.ingest.dlq_max_raw_bytes
-        for outcome in self._stage.completed(wait):
-            batch, offsets = self._in_flight.popleft()
-            if rejected := outcome.rejected:
-                self.dlq.send_raw(
-                    dead_letter_record(batch.values[r.index], batch.key(r.index), r.reason,
-                                       *batch.source(r.index), dlq_max_raw_bytes)
-                    for r in rejected)
-            consumed = len(batch.values)
-            counters.consumed += consumed
-            counters.rejected += len(rejected)
-            counters.applied += outcome.applied
-            counters.duplicates += consumed - len(rejected) - outcome.applied
-            self._pending_offsets.update(offsets)
-            self._unflushed += consumed
+    def _apply(self, batch: PolledBatch) -> None:
+        """Decode and validate a batch, dead-letter the rejected, drop the events the window
+        has seen, write the rest to the sink, and count."""
+        ingest, counters = self.settings.ingest, self.counters
+        # Offsets first: confluent-kafka reads them from the client's position.
+        self._pending_offsets.update(batch.next_offsets())
+        events, rejected = decode_batch(batch.values, ingest.max_event_bytes)
+        valid: list[Event] = [e for e in events if e is not None] if rejected \
+            else events  # type: ignore[assignment]
+        if rejected:
+            self.dlq.send_raw(
+                dead_letter_record(batch.values[r.index], batch.key(r.index), r.reason,
+                                   *batch.source(r.index), ingest.dlq_max_raw_bytes)
+                for r in rejected)
+        fresh = list(compress(valid, self._window.add_many([e.event_id for e in valid])))
+        if fresh:
+            self.sink.write(split_events(fresh))
+        consumed = len(batch.values)
+        counters.consumed += consumed
+        counters.rejected += len(rejected)
+        counters.applied += len(fresh)
+        counters.duplicates += len(valid) - len(fresh)
+        self._unflushed += consumed
 
     def flush(self) -> None:
-        """Every batch finished, dead letters out, sink durable with its offsets, then commit.
-        (Dead letters first: the sink's checkpoint is where a restart resumes.)"""
-        self._settle(wait=True)
+        """Dead letters out, sink durable with its offsets, then commit. (Dead letters first:
+        the sink's checkpoint is where a restart resumes.)"""
         self.dlq.flush()
         offsets, self._pending_offsets = self._pending_offsets, {}
-        self._stage.flush(offsets, self._cluster_id)
+        self.sink.flush(offsets, self._cluster_id)
         if offsets:
             self._client.commit(offsets)
         self._unflushed = 0
@@ -235,10 +207,10 @@ class EventConsumer:
         finally:
             self._watcher.join()
             try:
-                self._client.close()  # may revoke partitions, which flushes through the stage
+                self._client.close()  # may revoke partitions, which flushes the sink
             finally:
-                self._stage.close()
                 self.dlq.close()
+                self.sink.close()
 
     def __enter__(self) -> EventConsumer:
         return self

@@ -1,12 +1,6 @@
-"""Events as polars frames: one frame per event type, in the log store's schema.
-
-The stream hands the pipeline event objects; logs and the store hand it columns. These
-conversions join the two worlds without JSON in between:
-
-- :func:`events_frame` builds a frame column by column from event objects (faster, in a
-  profile of the replay path, than encoding them as JSON lines and parsing those with polars);
-- :func:`frame_messages` turns a frame back into the JSON messages of the wire format,
-  in polars (for replay to Kafka).
+"""Events as polars frames, one per event type in the log store's schema: the currency of
+ingest. :func:`events_frame` builds one column by column from decoded events;
+:func:`frame_messages` turns one back into wire-format JSON, in polars.
 """
 
 from __future__ import annotations

@@ -1,18 +1,11 @@
 """Replay a click log into Kafka or the parquet log store, at full speed or in scaled time.
 
-Sources, chosen by :func:`open_log` (``format="auto"`` looks at the path):
-
-- a clickloop event log: JSON lines of events (``.jsonl``), or a parquet log store folder;
-- the Open Bandit Dataset CSV (``obd``);
-- any click log with a column mapping (``generic``: CSV, JSON lines, parquet).
-
-JSON lines are validated by the stream's decoder (msgspec, one message at a time; a large
-log in several worker processes, :mod:`ingest.jsonl_log`); columnar logs by the same rules
-on whole frames (:mod:`ingest.validation`), with no object per event.
-Rejected events are never dropped silently: they are counted and written with their reason
-to a rejects file.
-With ``speed`` set, an event logged ``t`` seconds after the first one is sent ``t / speed``
-seconds after the replay started (``speed=60``: an hour of log in a minute).
+:func:`open_log` reads a clickloop JSON-lines event log, a parquet log store folder, the
+Open Bandit Dataset CSV, or any CSV / JSON-lines / parquet click log with a column mapping.
+Every source yields :class:`~ingest.frames.LogBatch` es: the valid events as frames, and
+the rejected ones with their file line and reason, which the replay writes to a rejects
+file, so nothing is dropped silently. With ``speed`` set, an event logged ``t`` seconds
+after the first one is sent ``t / speed`` seconds after the replay started.
 """
 
 from __future__ import annotations
@@ -23,26 +16,28 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import IO, Literal, Protocol
 
+import msgspec
+import numpy as np
 import polars as pl
 
+from ingest.adapters import LogError
 from ingest.adapters.generic import generic_frames
 from ingest.adapters.obd import obd_frames
-from ingest.dedupe import IdIndex
+from ingest.dedupe import DedupeWindow
 from ingest.events import EVENT_TYPES
-from ingest.frames import EventFrames, frame_messages, frames_in_time_order
-from ingest.jsonl_log import ValidatedLines, validated_batches
+from ingest.frames import LogBatch, frames_in_time_order
+from ingest.jsonl_log import validated_batches
 from ingest.logstore import CHECKPOINT, ParquetLogStore, iter_frames, scan
 from ingest.producer import EventProducer
-from ingest.validation import validate_frame
 
 LogFormat = Literal["auto", "events", "store", "obd", "generic"]
-#: What a log yields: JSON lines already validated, or frames of events by type.
-LogBatch = ValidatedLines | EventFrames
+#: A paced replay sends together the messages due within this many seconds.
+PACE_TICK_S = 0.01
 
 
-class ReplayError(ValueError):
+class ReplayError(LogError):
     """The log cannot be replayed as asked."""
 
 
@@ -53,18 +48,21 @@ def detect_format(path: Path) -> LogFormat:
         raise ReplayError(f"{path} is a folder but not a clickloop log store (no {CHECKPOINT})")
     if not path.exists():
         raise ReplayError(f"{path} does not exist")
+    if path.stat().st_size == 0:
+        raise ReplayError(f"{path}: the file is empty")
     if path.suffix.lower() == ".csv":
-        with open(path) as handle:
+        with open(path, errors="replace") as handle:
             header = handle.readline()
         return "obd" if "propensity_score" in header and "item_id" in header else "generic"
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         with open(path, "rb") as handle:
             first = handle.readline()
         try:
-            return "events" if b'"type"' in first and "event_id" in json.loads(first) \
-                else "generic"
-        except ValueError:
+            document = msgspec.json.decode(first)
+        except (msgspec.DecodeError, RecursionError):
             return "events"  # the decoder will report each bad line
+        return "events" if isinstance(document, dict) and "type" in document \
+            and "event_id" in document else "generic"
     return "generic"
 
 
@@ -75,16 +73,17 @@ def open_log(
     policy: str | None = None,
     assume_deterministic: bool = False,
     workers: int = 0,
+    keep_messages: bool = False,
 ) -> Iterator[LogBatch]:
-    """Batches of events from a log, whatever its format. A JSON-lines event log is
-    validated by ``workers`` processes (1: this one; 0: as
-    :func:`ingest.jsonl_log.auto_workers` picks for its size)."""
+    """Batches of events from a log (``format="auto"``: known by its path). A JSON-lines event
+    log is validated by ``workers`` processes (0: automatic) and with ``keep_messages`` keeps
+    its valid lines for a replay to Kafka."""
     path = Path(path)
     if workers < 0:
         raise ReplayError(f"workers={workers} must be >= 0 (0: automatic)")
     chosen = detect_format(path) if log_format == "auto" else log_format
     if chosen == "events":
-        return validated_batches(path, workers)
+        return validated_batches(path, workers, keep_messages=keep_messages)
     if chosen == "store":
         return iter_frames(path)
     if chosen == "obd":
@@ -96,7 +95,8 @@ def open_log(
 
 
 class EventClock:
-    """Maps event time to wall time for a scaled replay (``speed=None``: no waiting)."""
+    """Maps event time to wall time for a scaled replay (``speed=None``: no waiting). The
+    earliest event time of the first batch is due when the replay starts."""
 
     def __init__(self, speed: float | None) -> None:
         if speed is not None and speed <= 0:
@@ -105,45 +105,66 @@ class EventClock:
         self._started = time.perf_counter()
         self._first_ts: float | None = None
 
-    def wait_until(self, ts: float) -> None:
-        if self.speed is None:
-            return
+    def due(self, ts: pl.Series) -> np.ndarray | None:
+        """When each event time is due, in ``time.perf_counter`` seconds; ``None`` at full
+        speed."""
+        if self.speed is None or not len(ts):
+            return None
         if self._first_ts is None:
-            self._first_ts = ts
-        delay = self._started + (ts - self._first_ts) / self.speed - time.perf_counter()
+            self._first_ts = float(ts.min())  # type: ignore[arg-type]
+        return self._started + (ts.to_numpy() - self._first_ts) / self.speed
+
+    @staticmethod
+    def wait(until: float) -> None:
+        delay = until - time.perf_counter()
         if delay > 0:
-            # Pacing is what a scaled replay does, not a wait for something to happen.
-            time.sleep(delay)
+            time.sleep(delay)  # pacing is what a scaled replay does, not a wait for an event
 
 
 class ReplayTarget(Protocol):
-    def write(self, frames: EventFrames, clock: EventClock) -> int:
-        """Take validated events; return how many were sent on (not dropped as duplicates)."""
+    def write(self, batch: LogBatch, clock: EventClock) -> int:
+        """Take a batch of validated events; return how many were sent on (not dropped as
+        duplicates)."""
         ...
 
     def close(self) -> None: ...
 
 
 class KafkaTarget:
-    """Sends events to the events topic in time order, keyed by user, paced by the clock."""
+    """Sends events to the events topic in time order, keyed by user, paced by the clock;
+    a JSON-lines log's lines are forwarded as they were. :meth:`close` waits up to
+    ``deliver_timeout_s`` (default: the setting) for what had to be journaled, and raises
+    :class:`~ingest.producer.Undelivered` if some of it is still there."""
 
-    def __init__(self, producer: EventProducer, pace_rows: int = 500) -> None:
+    def __init__(self, producer: EventProducer, deliver_timeout_s: float | None = None
+                 ) -> None:
         self.producer = producer
-        self.pace_rows = pace_rows
+        self.deliver_timeout_s = deliver_timeout_s
 
-    def write(self, frames: EventFrames, clock: EventClock) -> int:
-        messages = frames_in_time_order(frames)
-        step = self.pace_rows if clock.speed else max(messages.height, 1)
-        for start in range(0, messages.height, step):
-            part = messages.slice(start, step)
-            clock.wait_until(part["ts"][-1])
-            self.producer.send_raw(
-                (user.encode(), message.encode(), None)
-                for user, message in zip(part["user_id"], part["message"], strict=True))
-        return messages.height
+    def write(self, batch: LogBatch, clock: EventClock) -> int:
+        messages = (frames_in_time_order(batch.frames) if batch.messages is None
+                    else batch.messages.sort("ts", maintain_order=True))
+        records = [(user.encode(), message.encode(), None) for user, message
+                   in zip(messages["user_id"], messages["message"], strict=True)]
+        due = clock.due(messages["ts"])
+        if due is None:
+            self.producer.send_raw(records)
+            return len(records)
+        start = 0
+        while start < len(records):
+            clock.wait(due[start])
+            end = max(start + 1, int(np.searchsorted(due, time.perf_counter() + PACE_TICK_S,
+                                                     "right")))
+            self.producer.send_raw(records[start:end])
+            self.producer.flush()  # paced events leave when due, not when a batch fills
+            start = end
+        return len(records)
 
     def close(self) -> None:
-        self.producer.close()
+        try:
+            self.producer.deliver(self.deliver_timeout_s, check=True)
+        finally:
+            self.producer.close()
 
 
 class ParquetTarget:
@@ -152,20 +173,20 @@ class ParquetTarget:
     def __init__(self, root: str | os.PathLike[str], flush_rows: int = 2_000_000) -> None:
         self.store = ParquetLogStore(root)
         self.flush_rows = flush_rows
-        self.duplicates = 0
-        self._seen = IdIndex(pl.concat([scan(root, kind).select("event_id").collect()
-                                        for kind in EVENT_TYPES])["event_id"])
+        self._seen = DedupeWindow(None)
+        for kind in EVENT_TYPES:
+            self._seen.seed(scan(root, kind).collect()["event_id"].to_list())
         self._unflushed = 0
 
-    def write(self, frames: EventFrames, clock: EventClock) -> int:
+    def write(self, batch: LogBatch, clock: EventClock) -> int:
         written = 0
-        for kind, frame in frames.items():
+        for kind, frame in batch.frames.items():
             if not frame.height:
                 continue
-            clock.wait_until(frame["ts"].max())  # type: ignore[arg-type]
-            fresh = frame.filter(self._seen.add_new(frame["event_id"]))
-            self.duplicates += frame.height - fresh.height
-            self.store.write_frames({kind: fresh})
+            if (due := clock.due(frame["ts"])) is not None:
+                clock.wait(float(due.max()))
+            fresh = frame.filter(pl.Series(self._seen.add_many(frame["event_id"].to_list())))
+            self.store.write({kind: fresh})
             written += fresh.height
         self._unflushed += written
         if self._unflushed >= self.flush_rows:
@@ -175,6 +196,7 @@ class ParquetTarget:
 
     def close(self) -> None:
         self.store.flush({}, None)
+        self.store.close()
 
 
 @dataclass
@@ -192,48 +214,6 @@ class ReplaySummary:
         return self.read / self.seconds if self.seconds > 0 else 0.0
 
 
-@dataclass
-class _Rejects:
-    """Appends rejected events with their reason; opens the file on the first one."""
-
-    path: Path
-    summary: ReplaySummary
-    _handle: object = None
-
-    def add(self, position: int, reason: str, raw: str) -> None:
-        if self._handle is None:
-            self._handle = open(self.path, "a")  # noqa: SIM115
-            self.summary.rejects_file = str(self.path)
-        rule = reason.split("=", 1)[0] if "=" in reason else reason[:60]
-        self.summary.reasons[rule] = self.summary.reasons.get(rule, 0) + 1
-        self._handle.write(json.dumps(  # type: ignore[attr-defined]
-            {"line": position, "error": reason, "raw": raw}) + "\n")
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()  # type: ignore[attr-defined]
-
-
-def _validated(batch: LogBatch, first: int, rejects: _Rejects) -> tuple[EventFrames, int, int]:
-    """(valid frames, events read, events rejected) of one batch."""
-    if isinstance(batch, ValidatedLines):
-        for index, reason, raw in batch.rejected:
-            rejects.add(first + index + 1, reason, raw)
-        return batch.frames, batch.read, len(batch.rejected)
-    valid: EventFrames = {}
-    read = bad = 0
-    for kind, frame in batch.items():
-        good, rejected = validate_frame(kind, frame)
-        valid[kind] = good
-        if rejected.height:
-            raws = frame_messages(kind, rejected.drop("row", "reason"))["message"]
-            for row, reason, raw in zip(rejected["row"], rejected["reason"], raws, strict=True):
-                rejects.add(first + read + row + 1, reason, raw)
-        read += frame.height
-        bad += rejected.height
-    return valid, read, bad
-
-
 def replay(
     batches: Iterator[LogBatch],
     target: ReplayTarget,
@@ -242,23 +222,33 @@ def replay(
     rejects_path: str | os.PathLike[str] | None = None,
     on_batch: Callable[[ReplaySummary], None] | None = None,
 ) -> ReplaySummary:
-    """Validate every event and hand the good ones to ``target``; see the module doc."""
+    """Hand every batch's valid events to ``target`` and append its rejects, with their line
+    and reason, to the rejects file (created at the first one)."""
     clock = EventClock(speed)
     summary = ReplaySummary()
-    rejects = _Rejects(Path(rejects_path or "replay.rejects.jsonl"), summary)
+    path = Path(rejects_path or "replay.rejects.jsonl")
+    rejects: IO[str] | None = None
     started = time.perf_counter()
     try:
         for batch in batches:
-            frames, read, rejected = _validated(batch, summary.read, rejects)
-            sent = target.write(frames, clock)
-            summary.read += read
-            summary.rejected += rejected
+            if batch.rejected and rejects is None:
+                rejects = open(path, "a")  # noqa: SIM115 - closed below
+                summary.rejects_file = str(path)
+            for row in batch.rejected:
+                rule = row.reason.split("=", 1)[0] if "=" in row.reason else row.reason[:60]
+                summary.reasons[rule] = summary.reasons.get(rule, 0) + 1
+                rejects.write(json.dumps(  # type: ignore[union-attr]
+                    {"line": row.line, "error": row.reason, "raw": row.raw}) + "\n")
+            sent = target.write(batch, clock)
+            summary.read += batch.read
+            summary.rejected += len(batch.rejected)
             summary.sent += sent
-            summary.duplicates += read - rejected - sent
+            summary.duplicates += batch.read - len(batch.rejected) - sent
             if on_batch is not None:
                 on_batch(summary)
         target.close()
     finally:
-        rejects.close()
+        if rejects is not None:
+            rejects.close()
         summary.seconds = time.perf_counter() - started
     return summary

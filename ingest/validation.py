@@ -165,13 +165,15 @@ def validate_frame(kind: str, frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.Dat
 
 
 def validate_batch(frames: EventFrames) -> LogBatch:
-    """Validate the frames of a columnar source (adapters, a log store) into a
-    :class:`~ingest.frames.LogBatch`. Each frame has a :data:`LINE` column, which names the
-    rejected rows and is dropped from the valid ones."""
+    """Validate the frames of a columnar source (adapters, a log store, the simulator) into
+    a :class:`~ingest.frames.LogBatch`. A frame's :data:`LINE` column, where it has one,
+    names its rejected rows (else their row number from 1) and is dropped."""
     valid: EventFrames = {}
     rejected: list[RejectedRow] = []
     read = 0
     for kind, frame in frames.items():
+        if LINE not in frame.columns:
+            frame = frame.with_row_index(LINE, 1)
         lines = frame[LINE]
         good, bad = validate_frame(kind, frame.drop(LINE))
         valid[kind] = good

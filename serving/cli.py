@@ -1,33 +1,40 @@
 """The ``clickloop`` command line.
 
 Settings come from defaults, ``clickloop.toml`` and ``CLICKLOOP_*`` variables
-(see :mod:`ingest.settings`); flags override them for one run.
+(see :mod:`serving.settings`); flags override them for one run. Results go to standard
+output; progress, warnings and errors to standard error. A command that cannot do what it
+was asked prints one ``error:`` line and exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ingest.adapters import LogError
 from ingest.broker import BrokerError, EmbeddedBroker
-from ingest.settings import Settings, SettingsError, load_settings
+from ingest.logstore import StoreLocked
+from ingest.settings import Settings, SettingsError
+from serving.settings import load
 
 if TYPE_CHECKING:
+    from ingest.journal import Journal
     from ingest.replay import ReplaySummary
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # progress, warnings
+results = Console()  # what a command reports
 
 
 class CliError(Exception):
@@ -100,11 +107,7 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     from ingest.sink import NullSink
 
     bootstrap = _bootstrap(settings, args.bootstrap)
-    if args.decode_process:
-        settings = msgspec.structs.replace(settings, ingest=msgspec.structs.replace(
-            settings.ingest, decode_process=True))
-    # A factory: with decode_process the sink is built in the apply process.
-    sink = functools.partial(ParquetLogStore, args.to) if args.to else NullSink
+    sink = ParquetLogStore(args.to) if args.to else NullSink()
     stop = _stop_on_signals()
     started = time.perf_counter()
     with EventConsumer(settings, sink, bootstrap, group_id=args.group) as consumer:
@@ -121,7 +124,7 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
 
             counters = consumer.run(should_stop=stop.is_set, max_events=args.max_events,
                                     idle_timeout_s=args.idle_exit, on_progress=show)
-    console.print(_counters_table(f"consumed {settings.kafka.topic} → "
+    results.print(_counters_table(f"consumed {settings.kafka.topic} → "
                                   f"{args.to or 'nowhere (--to not given)'}",
                                   counters.as_dict(), time.perf_counter() - started))
     if not counters.reconciles:
@@ -143,53 +146,132 @@ def _replay_progress(enabled: bool) -> tuple[Progress, Callable[[object], None]]
 
 def _replay_to_target(args: argparse.Namespace, settings: Settings, batches: Iterator[Any],
                       title: str, speed: float | None = None) -> ReplaySummary:
-    """Send validated batches to ``--to kafka|parquet`` with a progress bar; print a summary."""
-    from ingest.producer import EventProducer
+    """Send validated batches to ``--to kafka|parquet`` with a progress bar; print a summary
+    once every event is delivered, else fail saying where the undelivered ones wait."""
+    from ingest.journal import JournalFull
+    from ingest.producer import EventProducer, Undelivered
     from ingest.replay import KafkaTarget, ParquetTarget, ReplayTarget, replay
 
     target: ReplayTarget
     if args.to == "kafka":
-        target = KafkaTarget(EventProducer(settings, _bootstrap(settings, args.bootstrap)))
+        target = KafkaTarget(EventProducer(settings, _bootstrap(settings, args.bootstrap)),
+                             _deliver_timeout(args, settings))
     else:
         if not args.out:
             raise CliError("--to parquet needs --out DIR (the log store folder)")
         target = ParquetTarget(args.out)
     progress, update = _replay_progress(not args.quiet)
-    with progress:
-        summary = replay(batches, target, speed=speed, on_batch=update,
-                         rejects_path=args.rejects)
+    try:
+        with progress:
+            summary = replay(batches, target, speed=speed, on_batch=update,
+                             rejects_path=args.rejects)
+    except (Undelivered, JournalFull) as exc:
+        raise CliError(str(exc)) from None
     table = Table(title=title)
     for name in ("events", "sent", "rejected", "seconds", "events/s"):
         table.add_column(name, justify="right")
     table.add_row(f"{summary.read:,}", f"{summary.sent:,}", f"{summary.rejected:,}",
                   f"{summary.seconds:.2f}", f"{summary.rate:,.0f}")
-    console.print(table)
+    results.print(table)
     return summary
 
 
 def _add_target_options(p: argparse.ArgumentParser) -> None:
     """The options :func:`_replay_to_target` reads, for every command that uses it."""
-    p.add_argument("--to", choices=["kafka", "parquet"], required=True)
-    p.add_argument("--out", help="log store folder for --to parquet")
+    p.add_argument("--to", choices=["kafka", "parquet"], required=True,
+                   help="where the events go: the events topic, or a parquet log store")
+    p.add_argument("--out", metavar="DIR", help="the log store folder, for --to parquet")
     p.add_argument("--bootstrap", help="broker HOST:PORT for --to kafka")
+    _add_deliver_timeout(p, "for --to kafka: ")
     p.add_argument("--rejects",
                    help="where rejected events go, with their reason and line "
                    "(default: replay.rejects.jsonl)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
 
-def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from ingest.adapters.generic import MappingError
-    from ingest.replay import ReplayError, open_log
+def _add_deliver_timeout(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    p.add_argument("--deliver-timeout", type=float, metavar="SECONDS",
+                   help=f"{prefix}how long to keep retrying what the broker has not taken "
+                   "before failing with the count still waiting in the local journal "
+                   "(default: setting ingest.deliver_timeout_s)")
 
-    try:
-        workers = settings.ingest.replay_workers if args.workers is None else args.workers
-        batches = open_log(args.log, args.format, _mapping(args.map), args.policy,
-                           args.deterministic, workers)
-        summary = _replay_to_target(args, settings, batches, f"replay {args.log} → {args.to}",
-                                    speed=args.speed)
-    except (ReplayError, MappingError) as exc:
-        raise CliError(str(exc)) from None
+
+def _deliver_timeout(args: argparse.Namespace, settings: Settings) -> float:
+    if args.deliver_timeout is None:
+        return settings.ingest.deliver_timeout_s
+    if args.deliver_timeout < 0:
+        raise CliError(f"--deliver-timeout={args.deliver_timeout:g} must be >= 0")
+    return float(args.deliver_timeout)
+
+
+def _journals(settings: Settings) -> list[tuple[Journal, Counter[tuple[str, str]]]]:
+    """The journals under ``ingest.journal_dir`` that hold records, each with its record
+    count per (cluster, topic)."""
+    from ingest.journal import Journal, journal_folders
+
+    root = Path(settings.ingest.journal_dir)
+    for old in root.rglob("journal.bin"):
+        console.print(f"[yellow]{old}: a journal written before journals recorded their "
+                      "topics; it is neither sent nor counted here[/]")
+    journals = []
+    for folder in journal_folders(root):
+        journal = Journal(folder, settings.ingest.journal_max_bytes)
+        if journal.pending:
+            journals.append((journal, Counter((e.cluster, e.topic) for e in journal.entries())))
+    return journals
+
+
+def cmd_drain(args: argparse.Namespace, settings: Settings) -> int:
+    from ingest.producer import EventProducer
+
+    deadline = time.monotonic() + _deliver_timeout(args, settings)
+    journals = _journals(settings)
+    if not journals:
+        print(f"nothing to send: every journal under {settings.ingest.journal_dir} is empty")
+        return 0
+    waiting = []
+    for journal, counts in journals:
+        clusters = {cluster for cluster, _ in counts}
+        if len(clusters) > 1:
+            raise CliError(f"journal {journal.directory} holds records for clusters "
+                           f"{sorted(clusters)}; expected one")
+        bootstrap = args.bootstrap or clusters.pop()
+        # Dead letters need no order, so one the broker refuses holds up none of the others.
+        ordered = {topic for _, topic in counts} != {settings.kafka.dlq_topic}
+        with EventProducer(settings, bootstrap, journal=journal, ordered=ordered) as producer:
+            left = producer.deliver(max(0.0, deadline - time.monotonic()))
+        still = Counter(e.topic for e in journal.entries())
+        for (_, topic), count in sorted(counts.items()):
+            print(f"sent {count - still[topic]:,} of {count:,} to {topic} on {bootstrap}",
+                  flush=True)
+        if left:
+            waiting.append(f"{left:,} in {journal.directory}")
+    if waiting:
+        raise CliError(f"still pending: {'; '.join(waiting)}. Run `clickloop drain` again once "
+                       "the broker is reachable (with --bootstrap HOST:PORT if it moved)")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    journals = _journals(settings)
+    if not journals:
+        print(f"nothing pending: every journal under {settings.ingest.journal_dir} is empty")
+    for journal, counts in journals:
+        clusters = ", ".join(sorted({cluster for cluster, _ in counts}))
+        topics = ", ".join(f"{topic} ({count:,})" for (_, topic), count in sorted(counts.items()))
+        print(f"{journal.directory}: cluster {clusters}; {journal.pending:,} record(s), "
+              f"{journal.size_bytes:,} bytes; topics {topics}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from ingest.replay import open_log
+
+    workers = settings.ingest.replay_workers if args.workers is None else args.workers
+    batches = open_log(args.log, args.format, _mapping(args.map), args.policy,
+                       args.deterministic, workers, keep_messages=args.to == "kafka")
+    summary = _replay_to_target(args, settings, batches, f"replay {args.log} → {args.to}",
+                                speed=args.speed)
     if summary.rejected:
         console.print(f"[yellow]{summary.rejected:,} rejected lines with reasons in "
                       f"{summary.rejects_file}[/]: {summary.reasons}")
@@ -209,12 +291,13 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
         table.add_row(f"{letter.topic}/{letter.partition}@{letter.offset}",
                       f"{letter.raw_size:,}", letter.error,
                       letter.raw[:80].decode(errors="replace"))
-    Console().print(table)
+    results.print(table)
     return 0
 
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from ingest.frames import EventFrames
+    from ingest.frames import LogBatch
+    from ingest.validation import validate_batch
     from simulation.clicks import PositionBasedModel, examination
     from simulation.policies import (
         EpsilonGreedyPolicy,
@@ -244,16 +327,17 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     policy = policies[args.policy]
     batch = 100_000
 
-    def batches() -> Iterator[EventFrames]:
+    def batches() -> Iterator[LogBatch]:
         for start in range(0, args.impressions, batch):
-            yield simulate(world, policy, model, n=min(batch, args.impressions - start),
-                           k=args.slots, candidates=args.candidates, seed=args.seed,
-                           first_request=start, workers=2).frames()
+            yield validate_batch(simulate(
+                world, policy, model, n=min(batch, args.impressions - start), k=args.slots,
+                candidates=args.candidates, seed=args.seed, first_request=start,
+                workers=2).frames())
         if args.search_sessions:
             search = simulate_search(world, RetrievalOrderPolicy(), model,
                                      args.search_sessions, k=args.slots, seed=args.seed,
                                      first_request=args.impressions)
-            yield search.log.frames()
+            yield validate_batch(search.log.frames())
 
     summary = _replay_to_target(
         args, settings, batches(), f"simulated {args.impressions:,} impressions "
@@ -263,11 +347,24 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:
+    from ingest.logstore import CHECKPOINT, compact
+
+    if not (Path(args.store) / CHECKPOINT).is_file():
+        raise CliError(f"{args.store} is not a clickloop log store (no {CHECKPOINT})")
+    merged = compact(args.store)
+    for folder, files in sorted(merged.items()):
+        print(f"{folder}: {files} files merged into 1")
+    if not merged:
+        print(f"{args.store}: nothing to compact")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from serving.quickstart import run_quickstart
 
     return run_quickstart(settings, impressions=args.impressions, workdir=args.workdir,
-                          bootstrap=args.bootstrap, console=console)
+                          bootstrap=args.bootstrap, console=results)
 
 
 # -------------------------------------------------------------------------------- parser
@@ -281,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(e.g. CLICKLOOP_KAFKA_BOOTSTRAP), then these flags.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", help="settings TOML file (default: ./clickloop.toml)")
+    parser.add_argument("--config", help="settings TOML file (default: ./clickloop.toml, or "
+                        "the file named by CLICKLOOP_CONFIG)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -290,8 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "set), stream a simulated click log through Kafka into the parquet "
                             "log store, with some malformed messages that must land in the DLQ, "
                             "then join impressions with clicks and print CTR by position.")
-    p.add_argument("--impressions", type=int, default=10_000, help="impressions to simulate")
-    p.add_argument("--workdir", default=".clickloop/run", help="where the log store goes")
+    p.add_argument("--impressions", type=int, default=10_000,
+                   help="impressions to simulate (default: 10000)")
+    p.add_argument("--workdir", default=".clickloop/run",
+                   help="where the log store and the plot go (default: .clickloop/run)")
     p.add_argument("--bootstrap", help="use this broker instead of the embedded one")
     p.set_defaults(func=cmd_run)
 
@@ -308,16 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "go to the DLQ topic with their reason. Offsets are committed only "
                             "after the log store is durable, and a restart resumes exactly "
                             "where the store's checkpoint ends.")
-    p.add_argument("--to", metavar="DIR", help="parquet log store folder (omit: discard)")
+    p.add_argument("--to", metavar="DIR", help="parquet log store folder (omit: validate, "
+                   "dead-letter and count, but store nothing)")
     p.add_argument("--bootstrap", help="broker HOST:PORT (default: CLICKLOOP_KAFKA_BOOTSTRAP)")
     p.add_argument("--group", help="consumer group (default: kafka.group_id)")
     p.add_argument("--max-events", type=int, help="stop after this many messages")
     p.add_argument("--idle-exit", type=float, metavar="SECONDS",
                    help="stop after this long without a message")
-    p.add_argument("--decode-process", action="store_true",
-                   help="decode, validate and store in a second process so this one only "
-                   "fetches (ingest.decode_process; with confluent-kafka on 2 cores it ran "
-                   "0.97x - 1.39x the rate without it, benchmarks/README.md)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_consume)
 
@@ -334,7 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("log", help="the log file or log store folder")
     _add_target_options(p)
     p.add_argument("--format", default="auto",
-                   choices=["auto", "events", "store", "obd", "generic"])
+                   choices=["auto", "events", "store", "obd", "generic"],
+                   help="events: clickloop JSON lines; store: a parquet log store folder; "
+                   "obd: the Open Bandit Dataset CSV; generic: any CSV/JSONL/parquet click "
+                   "log, one row per shown slot, with --map (default: auto, from the path)")
     p.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN",
                    help="generic logs: which column holds FIELD (user_id, item_id, position, "
                    "ts, clicked, request_id, propensity, score, query, policy)")
@@ -345,10 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float,
                    help="scale event time: 60 replays an hour in a minute (default: full speed)")
     p.add_argument("--workers", type=int, metavar="N",
-                   help="clickloop JSON lines: processes that validate the log side by side, "
-                   "this one included (1: this one alone; default: setting "
-                   "ingest.replay_workers, where 0 means one per core for a log of 64 MB or "
-                   "more)")
+                   help="clickloop JSON lines: processes that validate the log side by side "
+                   "(1: this one alone; default: setting ingest.replay_workers, where 0 means "
+                   "one per core for a large log)")
     p.set_defaults(func=cmd_replay)
 
     p = commands.add_parser("simulate", help="simulate a click log into Kafka or parquet",
@@ -378,15 +477,43 @@ def build_parser() -> argparse.ArgumentParser:
                    help="candidates the policy ranks per request (default: 20)")
     p.add_argument("--eta", type=float, default=1.0,
                    help="position bias severity: examination = ULTR curve ** eta (default: 1)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the world and the clicks "
+                   "(default: 0)")
     p.set_defaults(func=cmd_simulate)
 
     p = commands.add_parser("dlq", help="show the dead letters with their reasons")
-    p.add_argument("--bootstrap", help="broker HOST:PORT")
-    p.add_argument("--max", type=int, default=100, help="at most this many")
+    p.add_argument("--bootstrap", help="broker HOST:PORT (default: CLICKLOOP_KAFKA_BOOTSTRAP)")
+    p.add_argument("--max", type=int, default=100,
+                   help="show at most this many (default: 100)")
     p.add_argument("--idle-exit", type=float, default=3.0, metavar="SECONDS",
                    help="stop reading after this long without a message")
     p.set_defaults(func=cmd_dlq)
+
+    p = commands.add_parser("drain", help="send the events waiting in the local journals",
+                            description="Send every record that a producer spooled under "
+                            "ingest.journal_dir because the broker did not take it (the events' "
+                            "and the dead letters'), each to the topic and cluster it was meant "
+                            "for. Prints what it sent per topic; exits non-zero if anything is "
+                            "still waiting.")
+    p.add_argument("--bootstrap", help="send to this broker HOST:PORT instead of the address "
+                   "each journal was written for (the embedded broker's new port)")
+    _add_deliver_timeout(p)
+    p.set_defaults(func=cmd_drain)
+
+    p = commands.add_parser("compact", help="merge a log store's closed dates into one file each",
+                            description="Rewrite every closed date partition (all but each "
+                            "event type's newest date) of a parquet log store as one file, "
+                            "crash-safely: readers see each event once throughout. A consumer "
+                            "does this when it shuts down; this command is for a store no "
+                            "writer holds.")
+    p.add_argument("store", metavar="DIR", help="the log store folder")
+    p.set_defaults(func=cmd_compact)
+
+    p = commands.add_parser("status", help="show the local journals that hold events",
+                            description="List each journal under ingest.journal_dir that holds "
+                            "records the broker has not taken yet: folder, cluster, records, "
+                            "bytes and topics. `clickloop drain` sends them.")
+    p.set_defaults(func=cmd_status)
     return parser
 
 
@@ -398,10 +525,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # kafka-python logs every refused connection at ERROR; our own warnings say enough.
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
     try:
-        settings = load_settings(args.config)
+        settings = load(args.config)
         return int(args.func(args, settings) or 0)
-    except (CliError, SettingsError, BrokerError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+    except (CliError, SettingsError, BrokerError, LogError, StoreLocked) as exc:
+        # One plain line, not wrapped to the terminal: scripts grep it.
+        print(f"error: {exc}", file=sys.stderr)
         return 2
 
 

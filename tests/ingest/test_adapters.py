@@ -1,37 +1,48 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import polars as pl
 import pytest
 
+from ingest.adapters import LogError
 from ingest.adapters.generic import MappingError, generic_frames
 from ingest.adapters.obd import obd_frames
-from ingest.events import Click, Impression
-from ingest.frames import events_of
-from ingest.validation import validate_frame
+from ingest.events import Click, Event, Impression
+from ingest.frames import LogBatch, RejectedRow, events_of
 
 MAPPING = {"user_id": "uid", "item_id": "item", "position": "rank", "ts": "time",
            "clicked": "click", "propensity": "p", "request_id": "req"}
 
 
+def _events(batches: list[LogBatch]) -> list[Event]:
+    return [e for b in batches for e in events_of(b.frames)]
+
+
+def _rejected(batches: list[LogBatch]) -> list[RejectedRow]:
+    return [r for b in batches for r in b.rejected]
+
+
+def _write(frame: pl.DataFrame, path: Path) -> Path:
+    {".csv": frame.write_csv, ".jsonl": frame.write_ndjson,
+     ".parquet": frame.write_parquet}[path.suffix](path)
+    return path
+
+
 def _log(tmp_path: Path, suffix: str) -> Path:
-    frame = pl.DataFrame({
+    return _write(pl.DataFrame({
         "uid": ["a", "a", "b"], "item": [10, 11, 12], "rank": [2, 1, 1],
         "time": ["2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z"],
         "click": [1, 0, 1], "p": [0.5, 0.5, 1.0], "req": ["q1", "q1", "q2"],
-    })
-    path = tmp_path / f"log{suffix}"
-    {".csv": frame.write_csv, ".jsonl": frame.write_ndjson,
-     ".parquet": frame.write_parquet}[suffix](path)
-    return path
+    }), tmp_path / f"log{suffix}")
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
 def test_generic_log_becomes_impressions_and_clicks(tmp_path: Path, suffix: str) -> None:
     batches = list(generic_frames(_log(tmp_path, suffix), MAPPING))
-    assert all(validate_frame(k, f)[1].height == 0 for b in batches for k, f in b.items())
-    events = [e for b in batches for e in events_of(b)]
+    assert _rejected(batches) == [] and sum(b.read for b in batches) == 4
+    events = _events(batches)
     impressions = [e for e in events if isinstance(e, Impression)]
     clicks = [e for e in events if isinstance(e, Click)]
     assert [i.request_id for i in impressions] == ["q1", "q2"]
@@ -48,8 +59,7 @@ def test_missing_propensity_needs_an_explicit_deterministic_flag(tmp_path: Path)
     mapping = {k: v for k, v in MAPPING.items() if k != "propensity"}
     with pytest.raises(MappingError, match="no propensity column"):
         list(generic_frames(path, mapping))
-    events = [e for b in generic_frames(path, mapping, assume_deterministic=True)
-              for e in events_of(b)]
+    events = _events(list(generic_frames(path, mapping, assume_deterministic=True)))
     impressions = [e for e in events if isinstance(e, Impression)]
     assert {s.propensity for i in impressions for s in i.slots} == {1.0}
 
@@ -62,7 +72,7 @@ def test_mapping_errors_name_the_field_and_column(tmp_path: Path) -> None:
         list(generic_frames(path, {**MAPPING, "colour": "x"}))
 
 
-def _obd_like(tmp_path: Path) -> Path:
+def _obd_like(tmp_path: Path, position: str = "3") -> Path:
     """A file in the Open Bandit Dataset layout, made here so the test needs no download."""
     folder = tmp_path / "random" / "men"
     folder.mkdir(parents=True)
@@ -70,7 +80,7 @@ def _obd_like(tmp_path: Path) -> Path:
         "": [0, 1, 2],
         "timestamp": ["2019-11-24 00:03:13.442536+00:00", "2019-11-24 00:03:36+00:00",
                       "2019-11-24 00:05:39+00:00"],
-        "item_id": [14, 10, 31], "position": [3, 3, 1], "click": [0, 1, 0],
+        "item_id": [14, 10, 31], "position": ["3", position, "1"], "click": [0, 1, 0],
         "propensity_score": [0.0294, 0.0294, 0.0294],
         "user_feature_0": ["x", "x", "y"], "user_feature_1": ["z", "z", "z"],
         "user-item_affinity_0": [0.0, 1.0, 0.5],
@@ -81,7 +91,7 @@ def _obd_like(tmp_path: Path) -> Path:
 
 def test_obd_rows_become_single_slot_impressions_with_logged_propensity(
         tmp_path: Path) -> None:
-    events = [e for b in obd_frames(_obd_like(tmp_path)) for e in events_of(b)]
+    events = _events(list(obd_frames(_obd_like(tmp_path))))
     impressions = [e for e in events if isinstance(e, Impression)]
     assert len(impressions) == 3 and len(events) == 4
     first = impressions[0]
@@ -93,3 +103,111 @@ def test_obd_rows_become_single_slot_impressions_with_logged_propensity(
                              "user-item_affinity_0": 0.0}
     assert first.user_id == "ctx-x-z"
     assert impressions[0].user_id == impressions[1].user_id != impressions[2].user_id
+
+
+#: Every value as text, so that one can be bad whatever the format.
+_TEXT_LOG = {"uid": ["a", "a", "b", "c"], "item": ["10", "11", "12", "13"],
+             "rank": ["2", "1", "1", "1"],
+             "time": ["2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z", "1767225660",
+                      "2026-01-01T00:02:00Z"],
+             "click": ["1", "0", "true", "0"], "p": ["0.5", "0.5", "1", "0.25"],
+             "req": ["q1", "q1", "q2", "q3"]}
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+@pytest.mark.parametrize(("column", "value", "reason"), [
+    ("time", "yesterday",
+     "column 'time' (ts)='yesterday' is not a timestamp (epoch seconds or ISO 8601)"),
+    ("click", "maybe", "column 'click' (clicked)='maybe' is not 0/1 or true/false"),
+    ("rank", "x", "column 'rank' (position)='x' is not a 32-bit integer"),
+    ("p", "abc", "column 'p' (propensity)='abc' is not a number"),
+    ("time", None, "column 'time' (ts) is required"),
+])
+def test_a_bad_value_rejects_its_row_and_keeps_the_others(
+        tmp_path: Path, suffix: str, column: str, value: str | None, reason: str) -> None:
+    columns = {**_TEXT_LOG, column: [*_TEXT_LOG[column][:2], value, _TEXT_LOG[column][3]]}
+    batches = list(generic_frames(_write(pl.DataFrame(columns), tmp_path / f"log{suffix}"),
+                                  MAPPING))
+    rejected = _rejected(batches)
+    # The third data row: line 4 of a CSV (the header is line 1), line 3 of the others.
+    assert [(r.line, r.reason) for r in rejected] == [(4 if suffix == ".csv" else 3, reason)]
+    assert '"request_id":"q2"' in rejected[0].raw
+    events = _events(batches)
+    assert [(type(e).__name__, e.request_id) for e in events] == [
+        ("Impression", "q1"), ("Click", "q1"), ("Impression", "q3")]
+    assert sum(b.read for b in batches) == len(events) + 1
+
+
+def test_bad_json_lines_are_rejected_with_their_line_numbers(tmp_path: Path) -> None:
+    good = [b'{"uid": "a", "item": 1, "rank": 1, "time": 1767225600, "click": 1, "p": 0.5, '
+            b'"req": "q%d", "extra": {"any": [1]}}' % i for i in range(3)]
+    lines = [good[0], b"not json", b"", good[1], b"[" * 100_000,
+             b'{"uid": {"name": "b"}, "item": 1, "rank": 1, "time": 1, "click": 0, "p": 1}',
+             b"[1, 2]", good[2]]
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    batches = list(generic_frames(path, MAPPING))
+    rejected = {r.line: r.reason for r in _rejected(batches)}
+    assert sorted(rejected) == [2, 5, 6, 7]
+    assert rejected[2].startswith("not JSON (")
+    assert rejected[5] == "not JSON that can be read: nesting too deep"
+    assert rejected[6] == ("column 'uid' (user_id)={\"name\":\"b\"} must be a single value, "
+                           "not an object or a list")
+    assert rejected[7] == "not a JSON object: [1,2]"
+    assert [e.request_id for e in _events(batches) if isinstance(e, Impression)] == [
+        "q0", "q1", "q2"]
+    assert sum(b.read for b in batches) == 3 + 3 + 4
+
+
+def test_a_nested_value_is_rejected_where_polars_would_read_it_as_text(tmp_path: Path) -> None:
+    path = _write(pl.DataFrame(_TEXT_LOG), tmp_path / "log.jsonl")
+    lines = path.read_text().splitlines()
+    lines[1] = lines[1].replace('"uid":"a"', '"uid":["a"]')
+    path.write_text("\n".join(lines) + "\n")
+    batches = list(generic_frames(path, MAPPING))
+    assert [(r.line, r.reason) for r in _rejected(batches)] == [
+        (2, "column 'uid' (user_id)=[\"a\"] must be a single value, not an object or a list")]
+    assert {e.request_id for e in _events(batches)} == {"q1", "q2", "q3"}
+
+
+def test_an_empty_user_id_is_reported_as_such(tmp_path: Path) -> None:
+    for suffix in (".csv", ".jsonl"):
+        columns = {**_TEXT_LOG, "uid": ["a", "a", "", "c"]}
+        path = _write(pl.DataFrame(columns), tmp_path / f"log{suffix}")
+        if suffix == ".csv":  # an empty cell, not a quoted empty string
+            path.write_text(path.read_text().replace('""', ""))
+        rejected = _rejected(list(generic_frames(path, MAPPING)))
+        assert {r.line for r in rejected} == {4 if suffix == ".csv" else 3}
+        assert {r.reason for r in rejected} == {
+            "user_id='' must be a non-empty string of at most 512 characters"}
+
+
+def test_a_header_only_csv_holds_no_events(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text(",".join(_TEXT_LOG) + "\n")
+    batches = list(generic_frames(path, MAPPING))
+    assert _events(batches) == [] and _rejected(batches) == []
+
+
+def test_a_file_that_cannot_be_read_raises_one_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "log.csv").write_bytes(b"")
+    (tmp_path / "log.jsonl").write_bytes(b"\n  \n")
+    data = _log(tmp_path, ".parquet").read_bytes()
+    (tmp_path / "log.parquet").write_bytes(data[: len(data) // 2])
+    for name, what in [("log.csv", "the file is empty"), ("log.jsonl", "the file is empty"),
+                       ("log.parquet", "not a readable parquet file")]:
+        with pytest.raises(LogError, match=rf"{re.escape(name)}: {what}"):
+            list(generic_frames(tmp_path / name, MAPPING))
+    obd = _obd_like(tmp_path)
+    obd.write_text(obd.read_text().replace("propensity_score", "propensity"))
+    with pytest.raises(LogError, match=r"men\.csv: .*missing columns \['propensity_score'\]"):
+        list(obd_frames(obd))
+    assert issubclass(MappingError, LogError)
+
+
+def test_a_bad_obd_row_is_rejected_with_its_csv_line(tmp_path: Path) -> None:
+    batches = list(obd_frames(_obd_like(tmp_path, position="top")))
+    assert [(r.line, r.reason) for r in _rejected(batches)] == [
+        (3, "column 'position'='top' is not a 32-bit integer")]
+    assert [e.request_id for e in _events(batches) if isinstance(e, Impression)] == [
+        "obd-random-men-0", "obd-random-men-2"]

@@ -7,12 +7,9 @@ import pytest
 
 from ingest.codec import (
     InvalidEvent,
-    Rejected,
     decode,
     decode_batch,
-    decode_joined,
     encode,
-    unparsable,
 )
 from ingest.events import Click, Dwell, Impression, Query, Reaction, Slot
 
@@ -105,46 +102,35 @@ def test_decode_batch_fast_path_returns_everything() -> None:
     assert rejected == [] and events == VALID * 3
 
 
-def _joined(raws: list[bytes]) -> tuple[bytes, list[int]]:
-    return b"\n".join(raws), [len(r) for r in raws]
-
-
-@pytest.mark.parametrize("case", ["good", "newline inside", "two objects on two lines",
-                                  "two objects on one line", "empty", "blank", "broken",
-                                  "oversized"])
-def test_decode_joined_agrees_with_decode_batch(case: str) -> None:
-    """The joined form (how the apply process receives a batch) decodes exactly as the
-    message list does, whichever path it takes."""
-    good = [encode(e) for e in VALID]
-    odd = {"good": good[1],
-           "newline inside": b'{"type": "click",\n "event_id": "n", "ts": 1.0, "user_id": "u",'
-                             b' "request_id": "r", "item_id": "i", "position": 1}',
-           "two objects on two lines": good[1] + b"\n" + good[2],
-           "two objects on one line": good[1] + b" \t" + good[2],
-           "empty": b"", "blank": b"   ", "broken": b"{broken",
-           "oversized": b"x" * 50_000}[case]
-    # The blank message at the end balances the count for "two objects on one line", the
-    # way a check by counting alone would miss.
-    raws = [*good, odd, *good, b""] if case == "two objects on one line" else \
-        [*good, odd, *good]
-    expected = decode_batch(raws, max_bytes=40_000)
-    joined, lengths = _joined(raws)
-    for buffer in (joined, memoryview(joined)):
-        assert decode_joined(buffer, lengths, max_bytes=40_000) == expected
-    if case in ("good", "newline inside"):
-        assert expected[1] == [] and expected[0][len(good)] is not None
-    elif case == "two objects on one line":
-        assert [r.index for r in expected[1]] == [len(good), len(raws) - 1]
-    else:
-        assert [r.index for r in expected[1]] == [len(good)]
-
-
-def test_decode_joined_keeps_the_senders_reasons_for_unshipped_messages() -> None:
-    raws = [encode(VALID[1]), b"", encode(VALID[2])]
-    joined, lengths = _joined(raws)
-    events, rejected = decode_joined(joined, lengths, 1000, {1: "payload is 9 MB, over x"})
+@pytest.mark.parametrize("raw", [
+    b"[" * 100_000 + b"]" * 100_000,
+    b'{"type": "click", "event_id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    b'{"type": "impression", "context": {"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}",
+    b"{" * 100_000,
+])
+def test_any_nesting_depth_is_a_rejection_not_a_crash(raw: bytes) -> None:
+    events, rejected = decode_batch([encode(VALID[1]), raw, encode(VALID[2])])
     assert events == [VALID[1], None, VALID[2]]
-    assert rejected == [Rejected(1, "payload is 9 MB, over x")]
-    assert unparsable(None) == "message has no value (null payload)"
-    assert unparsable(b"abc", max_bytes=2) == "payload is 3 bytes, over max_event_bytes=2"
-    assert unparsable(b"abc", max_bytes=3) is None
+    assert [r.index for r in rejected] == [1] and len(rejected[0].reason) < 300
+    with pytest.raises(InvalidEvent):
+        decode(raw)
+
+
+def test_reasons_quote_a_bounded_prefix_of_the_value() -> None:
+    long_user = b'{"type": "click", "event_id": "e", "ts": 1, "user_id": "' + b"x" * 1_000_000 \
+        + b'", "request_id": "r", "item_id": "i", "position": 1}'
+    slots = ",".join(f'{{"item_id": "{"i" * 500}", "position": {p}, "score": 0, '
+                     f'"propensity": 1}}' for p in (1, 1))
+    repeated = ('{"type": "impression", "event_id": "e", "ts": 1, "user_id": "u", '
+                '"request_id": "r", "policy": "p", "slots": [' + slots + "]}").encode()
+    _, rejected = decode_batch([long_user, repeated])
+    assert rejected[0].reason.startswith("user_id='xxx") and "1,000,002 chars" in \
+        rejected[0].reason and len(rejected[0].reason) < 300
+    assert "must not repeat" in rejected[1].reason or "slots" in rejected[1].reason
+    assert all(len(r.reason) < 300 for r in rejected)
+
+
+def test_null_and_oversized_payloads_are_rejected_unparsed() -> None:
+    _, rejected = decode_batch([None, b"abc"], max_bytes=2)
+    assert [r.reason for r in rejected] == ["message has no value (null payload)",
+                                            "payload is 3 bytes, over max_event_bytes=2"]

@@ -1,13 +1,10 @@
 from __future__ import annotations
 
-import math
 import random
 
-import numpy as np
-import polars as pl
 import pytest
 
-from ingest.dedupe import DedupeWindow, IdIndex
+from ingest.dedupe import DedupeWindow
 
 
 def test_window_drops_repeats_and_forgets_the_oldest() -> None:
@@ -57,33 +54,9 @@ def _set_semantics(batches: list[list[str]], seeded: list[str]) -> list[list[boo
     return flags
 
 
-class _FewHashes(IdIndex):
-    """Every id hashed to one of 3 values: every lookup is a hash match to confirm."""
-
-    @staticmethod
-    def _hash(ids: pl.Series) -> np.ndarray:
-        return (ids.str.len_bytes() % 3).cast(pl.UInt64).to_numpy()
-
-
-@pytest.mark.parametrize("index_type", [IdIndex, _FewHashes])
-def test_id_index_marks_what_a_set_would(index_type: type[IdIndex]) -> None:
-    rng = random.Random(7)
-    seeded = [f"id{rng.randrange(3000)}" for _ in range(500)]
-    batches = [[f"id{rng.randrange(3000)}" for _ in range(rng.randrange(0, 700))]
-               for _ in range(12)]
-    index = index_type(pl.Series(seeded))
-    got = [index.add_new(pl.Series(batch, dtype=pl.String)).to_list() for batch in batches]
-    assert got == _set_semantics(batches, seeded)
-    assert len(index) == len(set(seeded) | {i for b in batches for i in b})
-
-
-def test_id_index_over_many_small_batches_keeps_few_runs() -> None:
-    rng = random.Random(11)
-    batches = [[f"id{rng.randrange(5000)}" for _ in range(rng.randrange(0, 60))]
-               for _ in range(300)]
-    index = IdIndex()
-    got = [index.add_new(pl.Series(batch, dtype=pl.String)).to_list() for batch in batches]
-    assert got == _set_semantics(batches, [])
-    assert len(index) == len({i for b in batches for i in b})
-    # Each run is under half the size of the one before it.
-    assert 2 <= index.runs <= math.log2(len(index)) + 1
+def test_without_a_capacity_every_id_is_remembered() -> None:
+    window = DedupeWindow(None)
+    window.seed([f"e{i}" for i in range(100_000)])
+    assert window.add_many(["e0", "new", "e99999", "new", "e5"]) == [
+        False, True, False, False, False]
+    assert len(window) == 100_001

@@ -14,7 +14,7 @@ from ingest.codec import encode
 from ingest.consumer import EventConsumer
 from ingest.events import Click
 from ingest.joins import join_log
-from ingest.jsonl_log import DECODE_BYTES, read_ranges, split_lines
+from ingest.jsonl_log import DECODE_BYTES, line_ranges, split_lines
 from ingest.logstore import scan
 from ingest.producer import EventProducer
 from ingest.replay import (
@@ -77,7 +77,7 @@ def test_replay_rejects_bad_lines_into_a_file_with_reasons(tmp_path: Path) -> No
 def test_rejected_lines_keep_their_line_numbers_past_the_decode_pieces(tmp_path: Path
                                                                      ) -> None:
     """Three decode pieces: one with a bad line (decoded line by line), a clean one with a
-    blank line (in one call), one with a bad last line."""
+    blank line (in one call), one with a bad last line. Lines are the file's lines."""
     bad = {12_345: b'{"type": "click", "event_id": "b1"}',
            40_001: b'{"type": "click", "event_id": "b2", "position": -1}'}
     lines = [bad.get(n) or encode(Click(event_id=f"e{n}", ts=1000.0 + n, user_id="u",
@@ -93,7 +93,7 @@ def test_rejected_lines_keep_their_line_numbers_past_the_decode_pieces(tmp_path:
                      rejects_path=rejects)
     assert (summary.read, summary.sent, summary.rejected) == (40_001, 39_999, 2)
     rows = [json.loads(line) for line in rejects.read_text().splitlines()]
-    assert [row["line"] for row in rows] == [12_345, 40_001]
+    assert [row["line"] for row in rows] == [12_345, 40_002]  # the blank line counts
     assert "is required" in rows[0]["error"] and "position=-1" in rows[1]["error"]
 
 
@@ -104,24 +104,83 @@ def test_replay_twice_into_the_same_store_adds_nothing(tmp_path: Path) -> None:
     assert scan(tmp_path / "s", "click").select(pl.len()).collect().item() == 50
 
 
+def _read_topic(bootstrap: str, topic: str, n: int, deadline_s: float = 30.0) -> list[bytes]:
+    """The values of a topic, read from the beginning until ``n`` arrived (or the deadline)."""
+    from kafka import KafkaConsumer
+    from kafka.structs import TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                             enable_auto_commit=False)
+    try:
+        deadline = time.monotonic() + deadline_s
+        partitions: set[int] = set()
+        while not partitions and time.monotonic() < deadline:
+            partitions = consumer.partitions_for_topic(topic) or set()
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        consumer.seek_to_beginning(*assigned)
+        values: list[bytes] = []
+        while len(values) < n and time.monotonic() < deadline:
+            for messages in consumer.poll(timeout_ms=200).values():
+                values += [m.value for m in messages]
+        return values
+    finally:
+        consumer.close()
+
+
 @pytest.mark.kafka
-def test_scaled_event_time_paces_the_replay_into_kafka(
+def test_scaled_event_time_paces_the_replay_from_the_first_event(
         tmp_path: Path, broker: EmbeddedBroker, settings_factory: Callable[..., Settings]
 ) -> None:
-    # 2 s of event time at speed 4 must take about 0.5 s, and arrive whole and in order.
+    # 600 events over 3 s of event time at speed 2 must take about 1.5 s, and arrive whole
+    # and in order (one user: one partition).
     settings = settings_factory()
-    log = _events_file(tmp_path, 2.0, 200)
-    target = KafkaTarget(EventProducer(settings, broker.bootstrap), pace_rows=10)
+    log = _events_file(tmp_path, 3.0, 600)
+    target = KafkaTarget(EventProducer(settings, broker.bootstrap))
     started = time.perf_counter()
-    summary = replay(open_log(log), target, speed=4.0, rejects_path=tmp_path / "r")
+    summary = replay(open_log(log), target, speed=2.0, rejects_path=tmp_path / "r")
     paced = time.perf_counter() - started
-    assert 0.45 <= paced <= 5.0 and summary.sent == 200
+    assert 1.45 <= paced <= 4.0 and summary.sent == 600
     sink = MemorySink()
     with EventConsumer(settings, sink, broker.bootstrap) as consumer:
-        consumer.run(max_events=200, idle_timeout_s=30)
-    assert sorted(e.event_id for e in sink.events) == sorted(f"e{i}" for i in range(200))
-    by_user = [e.ts for e in sink.events]  # one user: one partition, so in order
+        consumer.run(max_events=600, idle_timeout_s=30)
+    assert sorted(e.event_id for e in sink.events) == sorted(f"e{i}" for i in range(600))
+    by_user = [e.ts for e in sink.events]
     assert by_user == sorted(by_user)
+
+
+@pytest.mark.kafka
+def test_replay_to_kafka_forwards_each_valid_line_as_it_was(
+        tmp_path: Path, broker: EmbeddedBroker, settings_factory: Callable[..., Settings]
+) -> None:
+    settings = settings_factory()
+    lines = [json.dumps({"user_id": f"u{i}", "position": 1, "item_id": "a", "ts": 5.0 + i,
+                         "request_id": f"r{i}", "event_id": f"e{i}", "type": "click"},
+                        indent=None, separators=(", ", " : ")).encode() for i in range(50)]
+    (tmp_path / "log.jsonl").write_bytes(b"\n".join(lines[:25]) + b"\n{broken\n"
+                                         + b"\n".join(lines[25:]) + b"\n")
+    summary = replay(open_log(tmp_path / "log.jsonl", keep_messages=True),
+                     KafkaTarget(EventProducer(settings, broker.bootstrap)),
+                     rejects_path=tmp_path / "r")
+    assert (summary.sent, summary.rejected) == (50, 1)
+    assert sorted(_read_topic(broker.bootstrap, settings.kafka.topic, 50)) == sorted(lines)
+
+
+def test_a_deeply_nested_line_is_rejected_and_the_good_lines_kept(tmp_path: Path) -> None:
+    good = [encode(Click(event_id=f"e{i}", ts=1.0 + i, user_id="u", request_id=f"r{i}",
+                         item_id="a", position=1)) for i in range(10)]
+    deep = b"[" * 100_000 + b"]" * 100_000
+    (tmp_path / "log.jsonl").write_bytes(b"\n".join([*good[:4], deep, *good[4:]]) + b"\n")
+    rejects = tmp_path / "rejects.jsonl"
+    summary = replay(open_log(tmp_path / "log.jsonl"), ParquetTarget(tmp_path / "s"),
+                     rejects_path=rejects)
+    assert (summary.read, summary.sent, summary.rejected) == (11, 10, 1)
+    (row,) = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert row["line"] == 5 and "JSON object" in row["error"]
+    (tmp_path / "deep.jsonl").write_bytes(deep + b"\n" + good[0] + b"\n")
+    summary = replay(open_log(tmp_path / "deep.jsonl"), ParquetTarget(tmp_path / "t"),
+                     rejects_path=tmp_path / "r2")  # format detection survives it too
+    assert (summary.sent, summary.rejected) == (1, 1)
 
 
 def test_unknown_inputs_give_clear_errors(tmp_path: Path) -> None:
@@ -129,6 +188,10 @@ def test_unknown_inputs_give_clear_errors(tmp_path: Path) -> None:
         open_log(tmp_path / "nothing.csv")
     with pytest.raises(ReplayError, match="not a clickloop log store"):
         open_log(tmp_path)
+    for name in ("empty.jsonl", "empty.csv"):
+        (tmp_path / name).write_bytes(b"")
+        with pytest.raises(ReplayError, match=f"{name}: the file is empty"):
+            open_log(tmp_path / name)
     with pytest.raises(ReplayError, match="speed=0"):
         replay(iter([]), ParquetTarget(tmp_path / "s"), speed=0)
 
@@ -158,6 +221,6 @@ def test_json_lines_are_read_whole_across_chunk_boundaries(tmp_path: Path, chunk
     # CRLF endings, blank and blank-looking lines, and no newline after the last line.
     text = b"\r\n".join(lines[:150]) + b"\n\n  \n" + b"\n".join(lines[150:])
     (tmp_path / "log.jsonl").write_bytes(text)
-    read = [line for text in read_ranges(tmp_path / "log.jsonl", chunk_bytes)
-            for line in split_lines(text)]
+    read = [line for start, end in line_ranges(tmp_path / "log.jsonl", chunk_bytes)
+            for line in split_lines(text[start:end])]
     assert read == lines

@@ -62,7 +62,7 @@ def test_replay_command_writes_the_store_and_reports(tmp_path: Path) -> None:
     result = clickloop("replay", str(log), "--to", "parquet", "--out", str(tmp_path / "s"),
                        "--rejects", str(tmp_path / "rejects.jsonl"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "501" in result.stderr and "1 rejected" in result.stderr
+    assert "501" in result.stdout and "1 rejected" in result.stderr  # results, diagnostics
     assert scan(tmp_path / "s", "click").collect().height == 500
     assert "not valid JSON" in (tmp_path / "rejects.jsonl").read_text()
     parallel = clickloop("replay", str(log), "--to", "parquet", "--out", str(tmp_path / "p"),
@@ -117,5 +117,5 @@ def test_quickstart_job_reconciles_end_to_end(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     # Exit 0 means counters reconciled, every planted message reached the DLQ and every
     # resent duplicate was dropped; the report says so too.
-    assert re.search(r"dead letters: ([1-9]\d*) of \1 planted", result.stderr)
+    assert re.search(r"dead letters: ([1-9]\d*) of \1 planted", result.stdout)
     assert (tmp_path / "run" / "ctr_by_position.png").stat().st_size > 10_000
