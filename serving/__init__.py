@@ -1,1 +1,2 @@
-"""serving: the HTTP app (later issues), experiment assignment, and the clickloop CLI."""
+"""serving: the HTTP app that serves a ranking policy, the settings composed from every
+package's section, and the ``clickloop`` command line."""
