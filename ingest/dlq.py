@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from ingest.journal import Headers, Record
 from ingest.settings import KafkaSettings
+from ingest.transport import TransportError
 
 _PREFIX = "clickloop."
 #: Bound of the error header, so that a dead letter is never much larger than its cut payload.
@@ -84,11 +85,15 @@ def read_dead_letters(
     ``max_records``, ``idle_timeout_s`` without a message, or ``deadline_s``. (Not up to the
     end offsets: the embedded broker can report them short.)"""
     from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
     from kafka.structs import TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False,
-                             max_partition_fetch_bytes=settings.max_request_bytes,
-                             fetch_max_bytes=4 * settings.max_request_bytes)
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False,
+                                 max_partition_fetch_bytes=settings.max_request_bytes,
+                                 fetch_max_bytes=4 * settings.max_request_bytes)
+    except KafkaError as exc:
+        raise TransportError(f"cannot reach the broker at {bootstrap}: {exc}") from None
     letters: list[DeadLetter] = []
     try:
         partitions = consumer.partitions_for_topic(settings.dlq_topic)

@@ -4,12 +4,17 @@ The producer spools here whatever the broker did not acknowledge, and drains it 
 when the broker is back, each record to the topic and cluster (bootstrap address) it names.
 A record is framed as ``crc32(4) | length(4) | msgpack [topic, cluster, key, value,
 headers]``, the CRC covering the length and the body, so a torn write at the end (a crash
-mid-append) fails it and is cut off when the journal is opened. How far the journal has been
-drained is kept in a side file written atomically, so a restart resumes the drain.
+mid-append) fails it and is cut off when the journal is opened; a bad record with intact
+data after it is corruption, which is reported, never cut. How far the journal has been
+drained is kept in a side file written atomically, so a restart resumes the drain. One
+process at a time holds a journal (a ``flock``, released on close or at exit); a second
+producer for the same cluster takes a sibling folder (:func:`open_journal`).
 """
 
 from __future__ import annotations
 
+import fcntl
+import itertools
 import os
 import re
 import struct
@@ -23,7 +28,7 @@ import msgspec
 
 from ingest.atomic import write_atomic
 
-#: The data file (``journal.bin`` held an older format); the position file sits beside it.
+#: The data file; the position file sits beside it.
 DATA_FILE = "records.bin"
 _FRAME = struct.Struct("<II")
 Headers = list[tuple[str, bytes]]
@@ -49,8 +54,16 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(Entry).decode
 
 
-class JournalFull(RuntimeError):
+class JournalError(RuntimeError):
+    """A journal that cannot be used as asked; the message names it and says why."""
+
+
+class JournalFull(JournalError):
     """The journal reached its size bound; the caller must stop accepting events."""
+
+
+class JournalLocked(JournalError):
+    """Another process holds the journal."""
 
 
 def journal_folder(root: str | os.PathLike[str], cluster: str) -> Path:
@@ -83,6 +96,18 @@ def _read(handle: BinaryIO) -> Entry | None:
     return _decode(body)
 
 
+def open_journal(root: str | os.PathLike[str], cluster: str, max_bytes: int) -> Journal:
+    """This process's journal for ``cluster``: the cluster's folder under ``root``, or its
+    first sibling (``folder.1``, ...) that no other process holds."""
+    base = journal_folder(root, cluster)
+    for n in itertools.count():
+        try:
+            return Journal(base.with_name(f"{base.name}.{n}") if n else base, max_bytes, cluster)
+        except JournalLocked:
+            continue
+    raise AssertionError("unreachable")
+
+
 class Journal:
     """Records waiting for the broker, oldest first. With ``cluster``, opening fails if a
     record is for another cluster (a producer must never send it there); without it
@@ -93,9 +118,33 @@ class Journal:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
+        self._lock = open(self.directory / "lock", "a+")  # noqa: SIM115 - held until close
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.seek(0)
+            holder = self._lock.read().strip() or "another process"
+            self._lock.close()
+            raise JournalLocked(f"journal {self.directory} is in use by process {holder}"
+                                ) from None
+        self._lock.truncate(0)
+        self._lock.write(str(os.getpid()))
+        self._lock.flush()
+        try:
+            self._load(cluster)
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _load(self, cluster: str | None) -> None:
         self._data = self.directory / DATA_FILE
         self._position_file = self._data.with_suffix(".pos")
-        position = int(self._position_file.read_text()) if self._position_file.exists() else 0
+        try:
+            position = int(self._position_file.read_text()) if self._position_file.exists() \
+                else 0
+        except ValueError:
+            raise JournalError(f"journal position file {self._position_file} is corrupt: "
+                               f"{self._position_file.read_text()[:40]!r}") from None
         #: Records appended and not yet drained.
         self.pending = 0
         end = 0
@@ -103,14 +152,26 @@ class Journal:
             with open(self._data, "r+b") as handle:
                 while (entry := _read(handle)) is not None:
                     if cluster is not None and entry.cluster != cluster:
-                        raise ValueError(
+                        raise JournalError(
                             f"journal {self.directory} holds records for cluster="
                             f"{entry.cluster!r}, not cluster={cluster!r}; send them with "
                             "`clickloop drain`")
                     end = handle.tell()
                     self.pending += end > position
+                handle.seek(end)
+                tail = handle.read()
+                header = _FRAME.unpack(tail[:_FRAME.size]) if len(tail) >= _FRAME.size else None
+                # A torn append ends the file early (or in zeros); anything else is damage.
+                if header and _FRAME.size + header[1] <= len(tail) and tail.strip(b"\0"):
+                    raise JournalError(
+                        f"journal {self._data} is corrupt at byte {end} ({len(tail):,} bytes "
+                        f"from there on); the {self.pending:,} records before it are intact")
                 handle.truncate(end)
         self._position = min(position, end)
+
+    def close(self) -> None:
+        """Release the journal to other processes."""
+        self._lock.close()
 
     @property
     def size_bytes(self) -> int:

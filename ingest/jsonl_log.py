@@ -30,16 +30,20 @@ DECODE_BYTES = 2 << 20
 #: Below this a log is read in one process: a worker's start (importing polars) costs more.
 PARALLEL_MIN_BYTES = 64 << 20
 MAX_AUTO_WORKERS = 8
-RANGE_BYTES = 16 << 20
+RANGE_BYTES = 4 << 20
+#: A UTF-8 byte order mark, which some tools write at the start of a text file.
+BOM = b"\xef\xbb\xbf"
 
 
 def validate_range(path: str | os.PathLike[str], start: int, end: int,
                    keep_messages: bool = False) -> tuple[LogBatch, int]:
     """The events of bytes ``[start, end)`` of a log (whole lines) as a batch whose reject
-    lines count from 1 at ``start``, and the number of lines the range holds."""
+    lines count from 1 at ``start``, and how many lines the range holds."""
     with open(path, "rb") as handle:
         handle.seek(start)
         text = handle.read(end - start)
+    if start == 0 and text.startswith(BOM):
+        text = b" " * len(BOM) + text[len(BOM):]  # blanks keep every offset where it was
     return validate_text(text, keep_messages), text.count(b"\n") + (
         1 if text and not text.endswith(b"\n") else 0)
 
@@ -52,12 +56,12 @@ def validate_text(text: bytes, keep_messages: bool = False) -> LogBatch:
     rejected: list[RejectedRow] = []
     messages: list[pl.DataFrame] = []
     read = 0
-    line = 1  # the file line (within ``text``) where the current piece starts
     view = memoryview(text)
     for start, end in line_cuts(text, DECODE_BYTES):
         piece = view[start:end]
         events = decode_lines(piece)
         if events is None:
+            line = 1 + text.count(b"\n", 0, start)  # counted only where a line is bad
             events, kept = _decode_one_by_one(bytes(piece), line, rejected)
             read += len(kept) + sum(r.line >= line for r in rejected)
         else:
@@ -66,7 +70,6 @@ def validate_text(text: bytes, keep_messages: bool = False) -> LogBatch:
         if keep_messages and events:
             messages.append(_messages(events, kept))
         parts.append(split_events(events))
-        line += text.count(b"\n", start, end)
     kinds = [kind for kind in EVENT_TYPES if any(kind in part for part in parts)]
     frames = {kind: pl.concat([part[kind] for part in parts if kind in part])
               for kind in kinds}
@@ -134,16 +137,18 @@ def auto_workers(path: str | os.PathLike[str], requested: int = 0) -> int:
 def validated_batches(path: str | os.PathLike[str], workers: int = 0,
                       range_bytes: int = RANGE_BYTES, keep_messages: bool = False
                       ) -> Iterator[LogBatch]:
-    """The log validated range by range, in file order, by :func:`auto_workers` processes."""
+    """The log validated range by range, in file order, by :func:`auto_workers` processes
+    (spawned: a script that uses a pool needs the ``if __name__ == "__main__":`` guard)."""
     ranges = line_ranges(path, range_bytes)
     count = auto_workers(path, workers)
-    line = 0  # file lines before the current range
-    for batch, lines in (_in_pool(path, ranges, count, keep_messages) if count > 1 else
-                         (validate_range(path, s, e, keep_messages) for s, e in ranges)):
+    batches = (_in_pool(path, ranges, count, keep_messages) if count > 1 else
+               (validate_range(path, s, e, keep_messages) for s, e in ranges))
+    before = 0  # the file's lines before the current range
+    for batch, lines in batches:
         if batch.rejected:
-            batch = replace(batch, rejected=[replace(r, line=r.line + line)
+            batch = replace(batch, rejected=[replace(r, line=r.line + before)
                                              for r in batch.rejected])
-        line += lines
+        before += lines
         yield batch
 
 

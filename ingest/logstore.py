@@ -94,13 +94,20 @@ def scan_all(root: str | os.PathLike[str]) -> dict[str, pl.LazyFrame]:
 
 def iter_frames(root: str | os.PathLike[str], batch_rows: int = 500_000
                 ) -> Iterator[LogBatch]:
-    """The committed events again, validated like any other source, a frame of one type at
-    a time, for replay. A rejected event's line is its row number (from 1) in its type."""
-    for kind in EVENT_TYPES:
-        frame = scan(root, kind).collect()
-        for offset in range(0, frame.height, batch_rows):
-            part = frame.slice(offset, batch_rows).with_row_index(LINE, offset + 1)
-            yield validate_batch({kind: part})
+    """The committed events again, validated like any other source, in batches of about
+    ``batch_rows`` that cut all types at the same event times (so that a paced replay keeps
+    a click after its impression). A rejected event's line is its row (from 1) in its type."""
+    frames = {kind: scan(root, kind).collect().with_row_index(LINE, 1).sort("ts")
+              for kind in EVENT_TYPES}
+    times = pl.concat([frame["ts"] for frame in frames.values()]).sort()
+    cuts = [*times.gather_every(batch_rows)[1:], float("inf")]
+    starts = dict.fromkeys(frames, 0)
+    for cut in cuts:
+        batch = {}
+        for kind, frame in frames.items():
+            end = int(frame["ts"].search_sorted(cut, "left"))
+            batch[kind], starts[kind] = frame.slice(starts[kind], end - starts[kind]), end
+        yield validate_batch(batch)
 
 
 class ParquetLogStore:
@@ -124,6 +131,8 @@ class ParquetLogStore:
         self._lock.write(f"{os.getpid()}\n")
         self._lock.flush()
         self._seq, self._checkpoint, self._compacted = _read_checkpoint(self.root)
+        if not (self.root / CHECKPOINT).exists():  # a store from its first open, even if empty
+            self._commit(0, self._checkpoint, {})
         self._pending: list[tuple[str, pl.DataFrame]] = []
         committed = set(self._files())
         for path in self.root.glob("*/date=*/*"):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ingest.codec import encode
 from ingest.events import Event
-from ingest.journal import Entry, Journal, Record, journal_folder
+from ingest.journal import Entry, Journal, Record, open_journal
 from ingest.settings import Settings
 from ingest.transport import ProducerClient, ensure_topics, make_producer
 
@@ -53,8 +53,8 @@ class Undelivered(RuntimeError):
 class EventProducer:
     """Send events (or pre-encoded messages) to one topic, spooling through outages.
 
-    ``journal`` replaces the producer's own (``journal_dir`` / the bootstrap's folder), to
-    drain a journal written for another address.
+    ``journal`` replaces the producer's own (its cluster's folder under ``journal_dir``, or a
+    free sibling of it), to drain a journal written for another address.
     """
 
     def __init__(self, settings: Settings, bootstrap: str, *, topic: str | None = None,
@@ -66,9 +66,8 @@ class EventProducer:
         self.topic = topic or settings.kafka.topic
         self.partitions = partitions or settings.kafka.partitions
         ingest = settings.ingest
-        self.journal = journal or Journal(
-            journal_folder(journal_dir or ingest.journal_dir, bootstrap),
-            ingest.journal_max_bytes, cluster=bootstrap)
+        self.journal = journal or open_journal(journal_dir or ingest.journal_dir, bootstrap,
+                                               ingest.journal_max_bytes)
         self.ordered = ordered
         self.batch_size = ingest.producer_batch_size
         self.timeout_s = ingest.producer_timeout_s
@@ -144,10 +143,13 @@ class EventProducer:
         return self.journal.pending
 
     def close(self) -> None:
-        self.flush()
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        try:
+            self.flush()
+        finally:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+            self.journal.close()
 
     def __enter__(self) -> EventProducer:
         return self

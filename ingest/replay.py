@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from ingest.adapters.obd import obd_frames
 from ingest.dedupe import DedupeWindow
 from ingest.events import EVENT_TYPES
 from ingest.frames import LogBatch, frames_in_time_order
-from ingest.jsonl_log import validated_batches
+from ingest.jsonl_log import BOM, validated_batches
 from ingest.logstore import CHECKPOINT, ParquetLogStore, iter_frames, scan
 from ingest.producer import EventProducer
 
@@ -56,7 +57,7 @@ def detect_format(path: Path) -> LogFormat:
         return "obd" if "propensity_score" in header and "item_id" in header else "generic"
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         with open(path, "rb") as handle:
-            first = handle.readline()
+            first = handle.readline().removeprefix(BOM)
         try:
             document = msgspec.json.decode(first)
         except (msgspec.DecodeError, RecursionError):
@@ -75,13 +76,15 @@ def open_log(
     workers: int = 0,
     keep_messages: bool = False,
 ) -> Iterator[LogBatch]:
-    """Batches of events from a log (``format="auto"``: known by its path). A JSON-lines event
-    log is validated by ``workers`` processes (0: automatic) and with ``keep_messages`` keeps
-    its valid lines for a replay to Kafka."""
+    """Batches of events from a log (``format="auto"``: known by its path, or generic when a
+    ``mapping`` is given). A JSON-lines event log is validated by ``workers`` processes (0:
+    automatic) and with ``keep_messages`` keeps its valid lines for a replay to Kafka."""
     path = Path(path)
     if workers < 0:
         raise ReplayError(f"workers={workers} must be >= 0 (0: automatic)")
-    chosen = detect_format(path) if log_format == "auto" else log_format
+    # A column mapping only means something to a generic log.
+    chosen = (log_format if log_format != "auto" else "generic" if mapping
+              else detect_format(path))
     if chosen == "events":
         return validated_batches(path, workers, keep_messages=keep_messages)
     if chosen == "store":
@@ -96,13 +99,13 @@ def open_log(
 
 class EventClock:
     """Maps event time to wall time for a scaled replay (``speed=None``: no waiting). The
-    earliest event time of the first batch is due when the replay starts."""
+    earliest event time of the first batch is due as soon as that batch is ready."""
 
     def __init__(self, speed: float | None) -> None:
         if speed is not None and speed <= 0:
             raise ReplayError(f"speed={speed} must be > 0")
         self.speed = speed
-        self._started = time.perf_counter()
+        self._started = 0.0
         self._first_ts: float | None = None
 
     def due(self, ts: pl.Series) -> np.ndarray | None:
@@ -112,6 +115,7 @@ class EventClock:
             return None
         if self._first_ts is None:
             self._first_ts = float(ts.min())  # type: ignore[arg-type]
+            self._started = time.perf_counter()
         return self._started + (ts.to_numpy() - self._first_ts) / self.speed
 
     @staticmethod
@@ -235,7 +239,8 @@ def replay(
                 rejects = open(path, "a")  # noqa: SIM115 - closed below
                 summary.rejects_file = str(path)
             for row in batch.rejected:
-                rule = row.reason.split("=", 1)[0] if "=" in row.reason else row.reason[:60]
+                # Counted by what the reason names (a field, a column), or its first words.
+                rule = re.split(r"[=:(]", row.reason, maxsplit=1)[0].strip()
                 summary.reasons[rule] = summary.reasons.get(rule, 0) + 1
                 rejects.write(json.dumps(  # type: ignore[union-attr]
                     {"line": row.line, "error": row.reason, "raw": row.raw}) + "\n")

@@ -25,8 +25,10 @@ from rich.table import Table
 
 from ingest.adapters import LogError
 from ingest.broker import BrokerError, EmbeddedBroker
+from ingest.journal import JournalError
 from ingest.logstore import StoreLocked
 from ingest.settings import Settings, SettingsError
+from ingest.transport import TransportError
 from serving.settings import load
 
 if TYPE_CHECKING:
@@ -106,8 +108,10 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     from ingest.logstore import ParquetLogStore
     from ingest.sink import NullSink
 
+    from ingest.producer import Undelivered
+
     bootstrap = _bootstrap(settings, args.bootstrap)
-    sink = ParquetLogStore(args.to) if args.to else NullSink()
+    sink = ParquetLogStore(args.out) if args.out else NullSink()
     stop = _stop_on_signals()
     started = time.perf_counter()
     with EventConsumer(settings, sink, bootstrap, group_id=args.group) as consumer:
@@ -124,11 +128,17 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
 
             counters = consumer.run(should_stop=stop.is_set, max_events=args.max_events,
                                     idle_timeout_s=args.idle_exit, on_progress=show)
+        # Dead letters the broker has not taken wait locally: say so rather than exit 0.
+        undelivered = consumer.dlq.deliver(settings.ingest.deliver_timeout_s)
+        letters = consumer.dlq.journal.directory
     results.print(_counters_table(f"consumed {settings.kafka.topic} → "
-                                  f"{args.to or 'nowhere (--to not given)'}",
+                                  f"{args.out or 'nowhere (--out not given)'}",
                                   counters.as_dict(), time.perf_counter() - started))
     if not counters.reconciles:
         raise CliError(f"counters do not reconcile: {counters}")
+    if undelivered:
+        raise CliError(f"{undelivered:,} dead letter(s) are spooled in {letters}, not taken "
+                       "by the broker; send them with `clickloop drain`")
     return 0
 
 
@@ -207,17 +217,23 @@ def _deliver_timeout(args: argparse.Namespace, settings: Settings) -> float:
 def _journals(settings: Settings) -> list[tuple[Journal, Counter[tuple[str, str]]]]:
     """The journals under ``ingest.journal_dir`` that hold records, each with its record
     count per (cluster, topic)."""
-    from ingest.journal import Journal, journal_folders
+    from ingest.journal import Journal, JournalLocked, journal_folders
 
     root = Path(settings.ingest.journal_dir)
-    for old in root.rglob("journal.bin"):
-        console.print(f"[yellow]{old}: a journal written before journals recorded their "
-                      "topics; it is neither sent nor counted here[/]")
+    for other in root.rglob("journal.bin"):
+        console.print(f"[yellow]{other}: not a journal this version reads (no topics); "
+                      "neither sent nor counted[/]")
     journals = []
     for folder in journal_folders(root):
-        journal = Journal(folder, settings.ingest.journal_max_bytes)
+        try:
+            journal = Journal(folder, settings.ingest.journal_max_bytes)
+        except JournalLocked as exc:  # its producer is running and drains it itself
+            console.print(f"[yellow]{exc}: left to it[/]")
+            continue
         if journal.pending:
             journals.append((journal, Counter((e.cluster, e.topic) for e in journal.entries())))
+        else:
+            journal.close()
     return journals
 
 
@@ -261,6 +277,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         topics = ", ".join(f"{topic} ({count:,})" for (_, topic), count in sorted(counts.items()))
         print(f"{journal.directory}: cluster {clusters}; {journal.pending:,} record(s), "
               f"{journal.size_bytes:,} bytes; topics {topics}")
+        journal.close()
     return 0
 
 
@@ -408,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "go to the DLQ topic with their reason. Offsets are committed only "
                             "after the log store is durable, and a restart resumes exactly "
                             "where the store's checkpoint ends.")
-    p.add_argument("--to", metavar="DIR", help="parquet log store folder (omit: validate, "
+    p.add_argument("--out", metavar="DIR", help="parquet log store folder (omit: validate, "
                    "dead-letter and count, but store nothing)")
     p.add_argument("--bootstrap", help="broker HOST:PORT (default: CLICKLOOP_KAFKA_BOOTSTRAP)")
     p.add_argument("--group", help="consumer group (default: kafka.group_id)")
@@ -481,7 +498,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: 0)")
     p.set_defaults(func=cmd_simulate)
 
-    p = commands.add_parser("dlq", help="show the dead letters with their reasons")
+    p = commands.add_parser("dlq", help="show the dead letters with their reasons",
+                            description="Read the dead-letter topic from the beginning (no "
+                            "consumer group) and print each rejected message: where it was "
+                            "read, its size, why it was rejected, and the start of its payload.")
     p.add_argument("--bootstrap", help="broker HOST:PORT (default: CLICKLOOP_KAFKA_BOOTSTRAP)")
     p.add_argument("--max", type=int, default=100,
                    help="show at most this many (default: 100)")
@@ -527,7 +547,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load(args.config)
         return int(args.func(args, settings) or 0)
-    except (CliError, SettingsError, BrokerError, LogError, StoreLocked) as exc:
+    except (CliError, SettingsError, BrokerError, LogError, StoreLocked, JournalError,
+            TransportError, OSError) as exc:
         # One plain line, not wrapped to the terminal: scripts grep it.
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -154,7 +154,7 @@ def _consume_process(settings: Settings, bootstrap: str, store: Path
            "CLICKLOOP_INGEST_FLUSH_MAX_EVENTS": "2000",
            "CLICKLOOP_INGEST_POLL_MAX_RECORDS": "500"}
     return subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "consume", "--to", str(store),
+        [sys.executable, "-m", "serving.cli", "consume", "--out", str(store),
          "--bootstrap", bootstrap, "--quiet"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         cwd=Path(__file__).resolve().parents[2])

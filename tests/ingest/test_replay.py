@@ -13,7 +13,7 @@ from ingest.broker import EmbeddedBroker
 from ingest.codec import encode
 from ingest.consumer import EventConsumer
 from ingest.events import Click
-from ingest.joins import join_log
+from ingest.joins import expand_context, join_log
 from ingest.jsonl_log import DECODE_BYTES, line_ranges, split_lines
 from ingest.logstore import scan
 from ingest.producer import EventProducer
@@ -52,6 +52,28 @@ def test_obd_sample_replayed_to_parquet_reads_back_the_same_rows(
         assert int(joined["clicked"].sum()) == clicks
         assert joined["propensity"].sort().equals(
             original["propensity_score"].sort().alias("propensity"))
+        # The request context (what OPE and LinUCB need) reaches every joined row.
+        features = expand_context(joined)
+        assert {f"user_feature_{i}" for i in range(4)} <= set(features.columns)
+        assert features.select(pl.col("^user-item_affinity_.*$")).width >= 10
+        assert features["user_feature_0"].null_count() == 0
+
+
+def test_an_obd_file_replayed_to_parquet_joins_with_its_user_features(tmp_path: Path) -> None:
+    folder = tmp_path / "random" / "men"
+    folder.mkdir(parents=True)
+    pl.DataFrame({
+        "": [0, 1], "timestamp": ["2019-11-24 00:03:13+00:00", "2019-11-24 00:03:36+00:00"],
+        "item_id": [14, 10], "position": [3, 1], "click": [0, 1],
+        "propensity_score": [0.03, 0.05], "user_feature_0": ["a1", "b2"],
+        "user_feature_1": ["c3", "c3"], "user-item_affinity_0": [0.0, 1.5],
+    }).write_csv(folder / "men.csv")
+    replay(open_log(folder / "men.csv"), ParquetTarget(tmp_path / "s"),
+           rejects_path=tmp_path / "r")
+    rows = expand_context(join_log(tmp_path / "s").collect()).sort("ts")
+    assert rows["user_feature_0"].to_list() == ["a1", "b2"]
+    assert rows["user-item_affinity_0"].to_list() == [0.0, 1.5]
+    assert rows["clicked"].to_list() == [False, True]
 
 
 def _events_file(tmp_path: Path, seconds: float, n: int) -> Path:
