@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from itertools import compress
 
@@ -78,7 +79,8 @@ class EventConsumer:
             settings, bootstrap, topic=kafka.dlq_topic, partitions=1,
             journal_dir=dlq_journal_dir or f"{ingest.journal_dir}/dlq", ordered=False,
         )
-        ensure_topics(bootstrap, {self.topic: kafka.partitions, kafka.dlq_topic: 1})
+        self._topics = {self.topic: kafka.partitions, kafka.dlq_topic: 1}
+        ensure_topics(bootstrap, self._topics)
         self._client: ConsumerClient = make_consumer(
             kafka, bootstrap, group_id or kafka.group_id)
         self._client.subscribe([self.topic], self._on_assign, self._on_revoke)
@@ -87,13 +89,10 @@ class EventConsumer:
         self._last_flush = time.monotonic()
         self._cluster_id: str | None = None
         self._observed_cluster: str | None = None
-        self._cluster_check_s = cluster_check_s
         self._closing = threading.Event()
-        self._watcher = threading.Thread(target=self._watch_cluster, daemon=True,
-                                         name="clickloop-cluster-watch")
+        self._watcher = threading.Thread(target=self._watch_cluster, args=(cluster_check_s,),
+                                         daemon=True, name="clickloop-cluster-watch")
         self._watcher.start()
-
-    # ------------------------------------------------------------------ rebalance hooks
 
     def _on_assign(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         self._cluster_id = self._client.cluster_id()
@@ -105,15 +104,19 @@ class EventConsumer:
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         self.flush()
 
-    # ------------------------------------------------------------------------- the loop
-
     def poll_once(self) -> int:
         """One poll; returns how many messages it consumed."""
         ingest = self.settings.ingest
         now = time.monotonic()
         observed = self._observed_cluster
         if observed is not None and observed != self._cluster_id:
-            self._cluster_changed(observed)
+            if self._cluster_id is not None:
+                log.warning("broker cluster changed from %s to %s: re-reading from the "
+                            "beginning", self._cluster_id, observed)
+                self.flush()
+                self._client.seek_to_beginning(self._client.assignment())
+                ensure_topics(self.bootstrap, self._topics)
+            self._cluster_id = observed
         batch = self._client.poll(ingest.poll_max_records, ingest.poll_timeout_s)
         consumed = len(batch.values)
         if consumed:
@@ -158,24 +161,11 @@ class EventConsumer:
         self._unflushed = 0
         self._last_flush = time.monotonic()
 
-    def _watch_cluster(self) -> None:
-        while True:
-            try:
+    def _watch_cluster(self, every_s: float) -> None:
+        while not self._closing.is_set():
+            with suppress(Exception):  # broker unreachable: nothing to compare yet
                 self._observed_cluster = self._client.cluster_id()
-            except Exception:  # noqa: BLE001 - broker unreachable: nothing to compare yet
-                pass
-            if self._closing.wait(self._cluster_check_s):
-                return
-
-    def _cluster_changed(self, current: str) -> None:
-        if self._cluster_id is not None:
-            log.warning("broker cluster changed from %s to %s: re-reading from the beginning",
-                        self._cluster_id, current)
-            self.flush()
-            self._client.seek_to_beginning(self._client.assignment())
-            ensure_topics(self.bootstrap, {self.topic: self.settings.kafka.partitions,
-                                           self.settings.kafka.dlq_topic: 1})
-        self._cluster_id = current
+            self._closing.wait(every_s)
 
     def run(
         self,

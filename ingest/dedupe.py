@@ -45,32 +45,25 @@ class DedupeWindow:
             # The common case, all new: no per-id Python work.
             seen |= batch
             self._order.extend(event_ids)
-            self._evict()
-            return [True] * len(event_ids)
-        flags: list[bool] = []
-        for event_id in event_ids:
-            new = event_id not in seen
-            if new:
-                seen.add(event_id)
-                self._order.append(event_id)
-            flags.append(new)
-        self._evict()
+            flags = [True] * len(event_ids)
+        else:
+            flags = []
+            for event_id in event_ids:
+                new = event_id not in seen
+                if new:
+                    seen.add(event_id)
+                    self._order.append(event_id)
+                flags.append(new)
+        if self.capacity is None:
+            self._order.clear()  # nothing is ever forgotten: no need for the order
+        elif (excess := len(seen) - self.capacity) > 0:
+            seen.difference_update(self._order[self._head:self._head + excess])
+            self._head += excess
+            if self._head * 2 > len(self._order):
+                del self._order[: self._head]
+                self._head = 0
         return flags
 
     def seed(self, event_ids: Iterable[str]) -> None:
         """Pre-load ids already applied (e.g. from a sink's recent output after a restart)."""
         self.add_many(list(event_ids))
-
-    def _evict(self) -> None:
-        if self.capacity is None:
-            self._order.clear()  # nothing is ever forgotten: no need for the order
-            return
-        excess = len(self._seen) - self.capacity
-        if excess <= 0:
-            return
-        start = self._head
-        self._seen.difference_update(self._order[start:start + excess])
-        self._head = start + excess
-        if self._head * 2 > len(self._order):
-            del self._order[: self._head]
-            self._head = 0

@@ -43,10 +43,8 @@ class DeadLetter:
         return len(self.raw) < self.raw_size
 
 
-def dead_letter_record(
-    raw: bytes | None, key: bytes | None, error: str, topic: str, partition: int, offset: int,
-    max_raw_bytes: int,
-) -> Record:
+def dead_letter_record(raw: bytes | None, key: bytes | None, error: str, topic: str,
+                       partition: int, offset: int, max_raw_bytes: int) -> Record:
     payload = raw or b""
     reason = error.encode(errors="replace")
     if len(reason) > MAX_ERROR_BYTES:
@@ -77,10 +75,8 @@ def parse_dead_letter(value: bytes | None, headers: Sequence[tuple[str, bytes]],
     )
 
 
-def read_dead_letters(
-    settings: KafkaSettings, bootstrap: str, *, max_records: int | None = None,
-    idle_timeout_s: float = 3.0, deadline_s: float = 60.0,
-) -> list[DeadLetter]:
+def read_dead_letters(settings: KafkaSettings, bootstrap: str, *, max_records: int | None = None,
+                      idle_timeout_s: float = 3.0, deadline_s: float = 60.0) -> list[DeadLetter]:
     """The DLQ topic from the beginning, read without joining a consumer group until
     ``max_records``, ``idle_timeout_s`` without a message, or ``deadline_s``. (Not up to the
     end offsets: the embedded broker can report them short.)"""
@@ -103,12 +99,11 @@ def read_dead_letters(
         consumer.seek_to_beginning()
         deadline = time.monotonic() + deadline_s
         idle_at = time.monotonic() + idle_timeout_s
-        while time.monotonic() < min(deadline, idle_at):
+        while time.monotonic() < min(deadline, idle_at) and (
+                max_records is None or len(letters) < max_records):
             for messages in consumer.poll(timeout_ms=200).values():
                 letters += [parse_dead_letter(m.value, m.headers, m.key) for m in messages]
                 idle_at = time.monotonic() + idle_timeout_s
-            if max_records is not None and len(letters) >= max_records:
-                break
     finally:
         consumer.close()
     return letters[:max_records]

@@ -71,7 +71,7 @@ def empty_frame(kind: str) -> pl.DataFrame:
 
 
 def _slots_column(events: Sequence[Event]) -> pl.Series:
-    per_event = list(map(_slots_of, events))
+    per_event = list(map(attrgetter("slots"), events))
     slots = list(chain.from_iterable(per_event))
     flat = pl.DataFrame({name: list(map(attrgetter(name), slots)) for name in SLOT_FIELDS},
                         schema=SLOT_FIELDS)
@@ -85,14 +85,9 @@ def _slots_column(events: Sequence[Event]) -> pl.Series:
             .agg(slots=pl.struct(*SLOT_FIELDS))["slots"])
 
 
-_slots_of = attrgetter("slots")
-
-
 def events_frame(kind: str, events: Sequence[Event]) -> pl.DataFrame:
     """Events of one type as a frame with that type's schema."""
     schema = SCHEMAS[kind]
-    if not events:
-        return empty_frame(kind)
     columns: dict[str, object] = {}
     for name in schema:
         if name == "slots":
@@ -135,8 +130,7 @@ def frames_in_time_order(frames: EventFrames) -> pl.DataFrame:
     parts = [frame_messages(kind, frames[kind]).with_columns(_order=pl.lit(i))
              for i, kind in enumerate(EVENT_TYPES) if kind in frames and frames[kind].height]
     if not parts:
-        return pl.DataFrame(schema={"ts": pl.Float64, "user_id": pl.String,
-                                    "message": pl.String})
+        return pl.DataFrame(schema=MESSAGES_SCHEMA)
     return pl.concat(parts).sort("ts", "_order", maintain_order=True).drop("_order")
 
 

@@ -1,14 +1,11 @@
 """An append-only, bounded, crash-safe local journal of outgoing messages.
 
-The producer spools here whatever the broker did not acknowledge, and drains it oldest first
-when the broker is back, each record to the topic and cluster (bootstrap address) it names.
-A record is framed as ``crc32(4) | length(4) | msgpack [topic, cluster, key, value,
-headers]``, the CRC covering the length and the body, so a torn write at the end (a crash
-mid-append) fails it and is cut off when the journal is opened; a bad record with intact
-data after it is corruption, which is reported, never cut. How far the journal has been
-drained is kept in a side file written atomically, so a restart resumes the drain. One
-process at a time holds a journal (a ``flock``, released on close or at exit); a second
-producer for the same cluster takes a sibling folder (:func:`open_journal`).
+The producer spools here what the broker did not acknowledge, and drains it oldest first,
+each record to the topic and cluster (bootstrap address) it names. A record is framed as
+``crc32(4) | length(4) | msgpack [topic, cluster, key, value, headers]``, the CRC covering
+the length and the body: a torn append at the end is cut off on open, while a bad record
+with data after it is corruption, reported and never cut. The drain position is kept in a
+side file written atomically, so a restart resumes the drain.
 """
 
 from __future__ import annotations
@@ -20,7 +17,6 @@ import re
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
-from itertools import islice
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -44,10 +40,6 @@ class Entry(NamedTuple):
     key: bytes | None
     value: bytes
     headers: Headers | None
-
-    @property
-    def record(self) -> Record:
-        return self.key, self.value, self.headers
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -105,43 +97,40 @@ def open_journal(root: str | os.PathLike[str], cluster: str, max_bytes: int) -> 
             return Journal(base.with_name(f"{base.name}.{n}") if n else base, max_bytes, cluster)
         except JournalLocked:
             continue
-    raise AssertionError("unreachable")
 
 
 class Journal:
-    """Records waiting for the broker, oldest first. With ``cluster``, opening fails if a
-    record is for another cluster (a producer must never send it there); without it
-    (``clickloop drain``, ``clickloop status``) any journal opens."""
+    """Records waiting for the broker, oldest first, held by one process at a time (a
+    ``flock``, released on close or at exit). With ``cluster``, opening fails if a record is
+    for another cluster (a producer must never send it there); without it (``clickloop
+    drain``, ``clickloop status``) any journal opens."""
 
     def __init__(self, directory: str | os.PathLike[str], max_bytes: int,
                  cluster: str | None = None) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
+        self._data = self.directory / DATA_FILE
+        self._position_file = self._data.with_suffix(".pos")
         self._lock = open(self.directory / "lock", "a+")  # noqa: SIM115 - held until close
+        try:
+            self._open(cluster)
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _open(self, cluster: str | None) -> None:
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock.seek(0)
             holder = self._lock.read().strip() or "another process"
-            self._lock.close()
-            raise JournalLocked(f"journal {self.directory} is in use by process {holder}"
-                                ) from None
+            raise JournalLocked(f"journal {self.directory} is in use by process {holder}") from None
         self._lock.truncate(0)
         self._lock.write(str(os.getpid()))
         self._lock.flush()
         try:
-            self._load(cluster)
-        except BaseException:
-            self._lock.close()
-            raise
-
-    def _load(self, cluster: str | None) -> None:
-        self._data = self.directory / DATA_FILE
-        self._position_file = self._data.with_suffix(".pos")
-        try:
-            position = int(self._position_file.read_text()) if self._position_file.exists() \
-                else 0
+            position = int(self._position_file.read_text() if self._position_file.exists() else 0)
         except ValueError:
             raise JournalError(f"journal position file {self._position_file} is corrupt: "
                                f"{self._position_file.read_text()[:40]!r}") from None
@@ -204,7 +193,7 @@ class Journal:
 
     def peek(self, max_records: int) -> list[Entry]:
         """The oldest undelivered records, at most ``max_records`` of them."""
-        return list(islice(self.entries(), max_records))
+        return list(itertools.islice(self.entries(), max_records))
 
     def advance(self, count: int, requeue: Sequence[Entry] = ()) -> None:
         """Mark the ``count`` oldest undelivered records as delivered, after appending

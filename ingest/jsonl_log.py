@@ -21,7 +21,7 @@ from dataclasses import replace
 import polars as pl
 
 from ingest.codec import decode_batch, decode_lines
-from ingest.events import EVENT_TYPES, Event
+from ingest.events import EVENT_TYPES
 from ingest.frames import MESSAGES_SCHEMA, EventFrames, LogBatch, RejectedRow, split_events
 
 #: Lines are turned into columns this many bytes at a time, while the piece's event objects
@@ -38,14 +38,13 @@ BOM = b"\xef\xbb\xbf"
 def validate_range(path: str | os.PathLike[str], start: int, end: int,
                    keep_messages: bool = False) -> tuple[LogBatch, int]:
     """The events of bytes ``[start, end)`` of a log (whole lines) as a batch whose reject
-    lines count from 1 at ``start``, and how many lines the range holds."""
+    lines count from 1 at ``start``, and how many line ends it holds."""
     with open(path, "rb") as handle:
         handle.seek(start)
         text = handle.read(end - start)
     if start == 0 and text.startswith(BOM):
         text = b" " * len(BOM) + text[len(BOM):]  # blanks keep every offset where it was
-    return validate_text(text, keep_messages), text.count(b"\n") + (
-        1 if text and not text.endswith(b"\n") else 0)
+    return validate_text(text, keep_messages), text.count(b"\n")
 
 
 def validate_text(text: bytes, keep_messages: bool = False) -> LogBatch:
@@ -58,45 +57,31 @@ def validate_text(text: bytes, keep_messages: bool = False) -> LogBatch:
     read = 0
     view = memoryview(text)
     for start, end in line_cuts(text, DECODE_BYTES):
-        piece = view[start:end]
-        events = decode_lines(piece)
+        events = decode_lines(view[start:end])
         if events is None:
-            line = 1 + text.count(b"\n", 0, start)  # counted only where a line is bad
-            events, kept = _decode_one_by_one(bytes(piece), line, rejected)
-            read += len(kept) + sum(r.line >= line for r in rejected)
+            first = 1 + text.count(b"\n", 0, start)  # counted only where a line is bad
+            numbered = [(number, line) for number, line in
+                        enumerate(map(bytes.strip, text[start:end].split(b"\n")), first) if line]
+            decoded, bad = decode_batch([line for _, line in numbered])
+            rejected += [RejectedRow(numbered[r.index][0], r.reason,
+                                     numbered[r.index][1].decode(errors="replace")) for r in bad]
+            read += len(numbered)
+            events = [event for event in decoded if event is not None]
+            kept = [line for (_, line), event in zip(numbered, decoded, strict=True)
+                    if event is not None]
         else:
-            kept = split_lines(piece) if keep_messages else []
+            kept = split_lines(view[start:end]) if keep_messages else []
             read += len(events)
         if keep_messages and events:
-            messages.append(_messages(events, kept))
+            messages.append(pl.DataFrame(
+                {"ts": [e.ts for e in events], "user_id": [e.user_id for e in events],
+                 "message": [line.decode() for line in kept]}, schema=MESSAGES_SCHEMA))
         parts.append(split_events(events))
-    kinds = [kind for kind in EVENT_TYPES if any(kind in part for part in parts)]
     frames = {kind: pl.concat([part[kind] for part in parts if kind in part])
-              for kind in kinds}
+              for kind in EVENT_TYPES if any(kind in part for part in parts)}
     return LogBatch(frames, read, rejected,
                     (pl.concat(messages) if messages else pl.DataFrame(schema=MESSAGES_SCHEMA))
                     if keep_messages else None)
-
-
-def _decode_one_by_one(piece: bytes, first_line: int, rejected: list[RejectedRow]
-                       ) -> tuple[list[Event], list[bytes]]:
-    """The valid events of a piece and their lines; its bad lines are added to
-    ``rejected`` with their file line numbers."""
-    numbered = [(number, line) for number, line in
-                enumerate(map(bytes.strip, piece.split(b"\n")), first_line) if line]
-    lines = [line for _, line in numbered]
-    decoded, bad = decode_batch(lines)
-    if not bad:
-        return decoded, lines  # type: ignore[return-value]
-    rejected += [RejectedRow(numbered[r.index][0], r.reason,
-                             lines[r.index].decode(errors="replace")) for r in bad]
-    good = [i for i, event in enumerate(decoded) if event is not None]
-    return [decoded[i] for i in good], [lines[i] for i in good]  # type: ignore[misc]
-
-
-def _messages(events: list[Event], lines: list[bytes]) -> pl.DataFrame:
-    return pl.DataFrame({"ts": [e.ts for e in events], "user_id": [e.user_id for e in events],
-                         "message": [line.decode() for line in lines]}, schema=MESSAGES_SCHEMA)
 
 
 def line_cuts(text: bytes | mmap.mmap, size: int) -> Iterator[tuple[int, int]]:
@@ -131,7 +116,7 @@ def auto_workers(path: str | os.PathLike[str], requested: int = 0) -> int:
         return requested
     if os.path.getsize(path) < PARALLEL_MIN_BYTES:
         return 1
-    return max(1, min(len(os.sched_getaffinity(0)), MAX_AUTO_WORKERS))
+    return min(len(os.sched_getaffinity(0)), MAX_AUTO_WORKERS)
 
 
 def validated_batches(path: str | os.PathLike[str], workers: int = 0,
@@ -145,11 +130,8 @@ def validated_batches(path: str | os.PathLike[str], workers: int = 0,
                (validate_range(path, s, e, keep_messages) for s, e in ranges))
     before = 0  # the file's lines before the current range
     for batch, lines in batches:
-        if batch.rejected:
-            batch = replace(batch, rejected=[replace(r, line=r.line + before)
-                                             for r in batch.rejected])
+        yield replace(batch, rejected=[replace(r, line=r.line + before) for r in batch.rejected])
         before += lines
-        yield batch
 
 
 def _in_pool(path: str | os.PathLike[str], ranges: list[tuple[int, int]], workers: int,

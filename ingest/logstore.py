@@ -111,8 +111,7 @@ def iter_frames(root: str | os.PathLike[str], batch_rows: int = 500_000
 
 
 class ParquetLogStore:
-    """A :class:`~ingest.sink.Sink` that appends events to the parquet log; the only writer
-    of its folder until :meth:`close` (:class:`StoreLocked` otherwise)."""
+    """A :class:`~ingest.sink.Sink` that appends events to the parquet log (one writer)."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)

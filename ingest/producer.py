@@ -1,14 +1,13 @@
 """Batched event producer that never drops an event when the broker is away.
 
-Messages are sent in batches keyed by ``user_id`` (so a user's events share a partition and
-stay in order). What the broker does not acknowledge goes to a local
-:class:`~ingest.journal.Journal`, one per cluster under ``ingest.journal_dir``; every flush
-first drains it, oldest first, each record to its own topic, and new messages queue behind
-it. With ``ordered=False`` (dead letters) they do not, and a drain moves a record the broker
-refuses to the journal's end instead of stopping at it. After a failure the broker is left
-alone for a backoff that doubles up to ``max_backoff_s``, so an outage costs one timeout, not
-one per batch. Delivery is at least once: a batch whose acknowledgement was lost is sent
-again, and the consumer drops the copy by ``event_id``.
+Messages are batched keyed by ``user_id`` (a user's events share a partition and stay in
+order). What the broker does not acknowledge goes to a local :class:`~ingest.journal.Journal`,
+one per cluster under ``ingest.journal_dir``, which every flush first drains; new messages
+queue behind it unless ``ordered=False`` (dead letters), where a record the broker refuses
+moves to the journal's end instead. After a failure the broker is left alone for a backoff
+doubling up to ``max_backoff_s``: an outage costs one timeout, not one per batch. Delivery is
+at least once: a batch whose acknowledgement was lost is sent again, and the consumer drops
+the copy by ``event_id``.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import takewhile
-from pathlib import Path
 
 from ingest.codec import encode
 from ingest.events import Event
@@ -41,21 +39,10 @@ class ProducerStats:
 class Undelivered(RuntimeError):
     """Messages the broker did not take in time are still in the local journal."""
 
-    def __init__(self, pending: int, folder: Path, bootstrap: str, timeout_s: float) -> None:
-        self.pending = pending
-        self.folder = folder
-        super().__init__(
-            f"{pending:,} event(s) are spooled in {folder}, not taken by the broker at "
-            f"{bootstrap} within deliver_timeout_s={timeout_s:g}; send them with `clickloop "
-            f"drain` (--bootstrap HOST:PORT if the broker moved)")
-
 
 class EventProducer:
-    """Send events (or pre-encoded messages) to one topic, spooling through outages.
-
-    ``journal`` replaces the producer's own (its cluster's folder under ``journal_dir``, or a
-    free sibling of it), to drain a journal written for another address.
-    """
+    """Send events (or pre-encoded messages) to one topic, spooling through outages; a given
+    ``journal`` replaces the producer's own, to drain one written for another address."""
 
     def __init__(self, settings: Settings, bootstrap: str, *, topic: str | None = None,
                  partitions: int | None = None, journal_dir: str | None = None,
@@ -93,8 +80,7 @@ class EventProducer:
     def flush(self) -> ProducerStats:
         """Send everything queued; what the broker does not take goes to the journal."""
         batch, self._buffer = self._buffer, []
-        if self.journal.pending:
-            self.drain()
+        self.drain()
         if batch and not (self.ordered and self.journal.pending):
             failed = self._send(self.topic, batch) if self._connected() else range(len(batch))
             self.stats.acknowledged += len(batch) - len(failed)
@@ -104,33 +90,27 @@ class EventProducer:
             self.stats.spooled += len(batch)
         return self.stats
 
-    def drain(self) -> int:
-        """One pass over the journal, oldest first, one topic per batch, until a failure starts
-        the backoff; failed records stay first, or (``ordered=False``) move to the end."""
-        drained, budget = 0, self.journal.pending
+    def drain(self) -> None:
+        """One pass over the journal, oldest first, one topic per batch, until a backoff starts."""
+        budget = self.journal.pending
         while budget and self._connected():
             peeked = self.journal.peek(min(self.batch_size, budget))
             entries = list(takewhile(lambda e: e.topic == peeked[0].topic, peeked))
             budget -= len(entries)
-            failed = self._send(entries[0].topic, [e.record for e in entries])
-            if self.ordered:
-                # Only the unbroken prefix counts as delivered: the rest stays, in order.
+            failed = self._send(entries[0].topic, [(e.key, e.value, e.headers) for e in entries])
+            if self.ordered:  # only the unbroken prefix is delivered: the rest stays, in order
                 done = failed[0] if failed else len(entries)
                 self.journal.advance(done)
             else:
                 done = len(entries) - len(failed)
                 self.journal.advance(len(entries), [entries[i] for i in failed])
-            drained += done
-        self.stats.drained += drained
-        return drained
+            self.stats.drained += done
 
     def deliver(self, timeout_s: float | None = None, *, check: bool = False) -> int:
         """Flush, then keep draining (with the backoff) until the journal is empty or
         ``timeout_s`` (default ``ingest.deliver_timeout_s``) has passed. Returns how many
-        messages are still in the journal; with ``check``, raises :class:`Undelivered`
-        instead of returning a number above 0."""
-        if timeout_s is None:
-            timeout_s = self.settings.ingest.deliver_timeout_s
+        messages it still holds; with ``check``, raises :class:`Undelivered` if any."""
+        timeout_s = self.settings.ingest.deliver_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         self.flush()
         while self.journal.pending and self._retry_at < deadline:
@@ -138,8 +118,10 @@ class EventProducer:
             time.sleep(max(0.0, self._retry_at - time.monotonic()))
             self.drain()
         if check and self.journal.pending:
-            raise Undelivered(self.journal.pending, self.journal.directory, self.bootstrap,
-                              timeout_s)
+            raise Undelivered(
+                f"{self.journal.pending:,} event(s) are spooled in {self.journal.directory}, not "
+                f"taken by the broker at {self.bootstrap} within deliver_timeout_s={timeout_s:g};"
+                " send them with `clickloop drain` (--bootstrap HOST:PORT if the broker moved)")
         return self.journal.pending
 
     def close(self) -> None:
@@ -163,8 +145,7 @@ class EventProducer:
         assert self._client is not None
         kafka = self.settings.kafka
         # A drained record's topic may be another producer's; the DLQ topic has one partition.
-        partitions = (self.partitions if topic == self.topic
-                      else 1 if topic == kafka.dlq_topic else kafka.partitions)
+        partitions = {kafka.dlq_topic: 1, self.topic: self.partitions}.get(topic, kafka.partitions)
         try:
             if topic not in self._topics_made:
                 ensure_topics(self.bootstrap, {topic: partitions}, self.timeout_s)
@@ -184,8 +165,7 @@ class EventProducer:
     def _connected(self) -> bool:
         if self._client is None and time.monotonic() >= self._retry_at:
             try:
-                self._client = make_producer(self.settings.kafka, self.bootstrap,
-                                             self.timeout_s)
+                self._client = make_producer(self.settings.kafka, self.bootstrap, self.timeout_s)
                 self._backoff_s = 0.25
             except Exception as exc:  # noqa: BLE001 - TransportError or any client failure
                 self.stats.failures += 1

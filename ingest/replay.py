@@ -129,7 +129,6 @@ class ReplayTarget(Protocol):
     def write(self, batch: LogBatch, clock: EventClock) -> int:
         """Take a batch of validated events; return how many were sent on (not dropped as
         duplicates)."""
-        ...
 
     def close(self) -> None: ...
 

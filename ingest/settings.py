@@ -70,20 +70,12 @@ class IngestSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     journal_max_bytes: Positive = 256 * 1024 * 1024
 
 
-class StoreSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    log_dir: str = ".clickloop/log"
-    artifact_dir: str = ".clickloop/artifacts"
-    #: Inactivity that ends a user session.
-    session_gap_s: PositiveFloat = 30 * 60.0
-
-
 class Settings(msgspec.Struct, kw_only=True):
     """The sections of ``ingest``. Sections of other packages in a settings file are
     accepted here and checked by the composed type that declares them."""
 
     kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
     ingest: IngestSettings = msgspec.field(default_factory=IngestSettings)
-    store: StoreSettings = msgspec.field(default_factory=StoreSettings)
 
 
 class SettingsError(ValueError):

@@ -16,6 +16,7 @@ from ingest.events import (
     MAX_ID_CHARS,
     MAX_POSITION,
     MAX_QUERY_CHARS,
+    MAX_QUOTED_CHARS,
     MAX_SLOTS,
     REACTIONS,
 )
@@ -46,8 +47,10 @@ def _name(field: str, label: pl.Expr | None) -> pl.Expr:
 def _text(field: str, value: pl.Expr, max_chars: int, label: pl.Expr | None = None
           ) -> pl.Expr:
     length = value.str.len_chars()
+    shown = pl.when(length > MAX_QUOTED_CHARS).then(pl.format(
+        "{}… ({} chars)", value.str.head(MAX_QUOTED_CHARS), length)).otherwise(value)
     return pl.when((length < 1) | (length > max_chars)).then(
-        pl.format("{}='{}' " + FIELD_RULES[field], _name(field, label), value))
+        pl.format("{}='{}' " + FIELD_RULES[field], _name(field, label), shown))
 
 
 def _number(field: str, value: pl.Expr, ok: pl.Expr, label: pl.Expr | None = None
@@ -101,7 +104,7 @@ def _slot_reasons(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
     def repeats(field: str) -> pl.Expr:
-        shown = pl.col(field).cast(pl.String).sort().str.join(", ")
+        shown = pl.col(field).cast(pl.String).sort().str.join(", ").str.head(MAX_QUOTED_CHARS)
         return pl.when(pl.col(field).n_unique() != pl.len()).then(
             pl.format("slots.{}=[{}] must not repeat", pl.lit(field), shown))
 

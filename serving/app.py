@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ranking.api import RankRequest, RankResponse
 from ranking.slate import RankingPolicy, SlateError
+from serving.settings import load
 
 #: Characters of a rejected value quoted back in an error answer.
 QUOTE_CHARS = 200
@@ -196,7 +197,11 @@ class _BodyLimit:
         await response(scope, receive, send)
 
 
-def create_app(policy: RankingPolicy, max_body_bytes: int = 1 << 20) -> FastAPI:
+def create_app(policy: RankingPolicy, max_body_bytes: int | None = None) -> FastAPI:
+    """The app serving ``policy``; ``max_body_bytes`` defaults to the setting
+    ``serving.max_body_bytes`` (:mod:`serving.settings`)."""
+    if max_body_bytes is None:
+        max_body_bytes = load().serving.max_body_bytes
     if max_body_bytes < 1:
         raise ValueError(f"max_body_bytes={max_body_bytes} must be at least 1")
     app = FastAPI(title="clickloop", summary=f"ranking with policy {policy.name!r}")

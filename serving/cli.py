@@ -108,8 +108,6 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     from ingest.logstore import ParquetLogStore
     from ingest.sink import NullSink
 
-    from ingest.producer import Undelivered
-
     bootstrap = _bootstrap(settings, args.bootstrap)
     sink = ParquetLogStore(args.out) if args.out else NullSink()
     stop = _stop_on_signals()

@@ -1,4 +1,5 @@
-"""A seeded world where the truth is known: items, users, and how relevant each item is to each user.
+"""A seeded world where the truth is known: items, users, and how relevant each item is to each
+user.
 
 Items have a category, a brand and two attributes (colour, material), a title composed from
 those words, a popularity (Zipf), and a latent vector. Users have latent preferences

@@ -5,8 +5,7 @@ shown at ``position`` (1..3) with the logging policy's ``propensity_score``, and
 was clicked. It becomes one impression with a single slot (the dataset logs the three
 positions as separate rows with their own timestamps), and a click when ``click == 1``. OBD
 has no user id: ``ctx-`` and the first 8 hex digits of each hashed ``user_feature_*`` stand
-for one; those and the ``user-item_affinity_*`` columns are the impression's ``context``.
-"""
+for one; those and the ``user-item_affinity_*`` columns are the impression's ``context``."""
 
 from __future__ import annotations
 
@@ -53,7 +52,7 @@ def read_obd(path: str | os.PathLike[str]) -> pl.DataFrame:
 
 def obd_frames(path: str | os.PathLike[str], policy: str | None = None,
                batch_rows: int = 500_000) -> Iterator[LogBatch]:
-    """Validated batches of impressions and clicks; the first also holds the unreadable rows."""
+    """The file's events, batched as by :func:`~ingest.adapters.impressions_with_clicks`."""
     path = Path(path)
     policy = policy or obd_policy_name(path)
     frame, rejected = _read(path)
@@ -64,5 +63,4 @@ def obd_frames(path: str | os.PathLike[str], policy: str | None = None,
         user_id=pl.concat_str(pl.lit("ctx"), users.str.head(8), separator="-"),
         context=pl.struct(users | cs.starts_with(_AFFINITY)).struct.json_encode(),
         score=pl.lit(0.0), policy=pl.lit(policy), query=pl.lit(None, pl.String))
-    yield from impressions_with_clicks(rows, rejected, batch_rows,
-                                       click_id=pl.col("request_id") + "-click")
+    yield from impressions_with_clicks(rows, rejected, batch_rows, pl.col("request_id") + "-click")

@@ -9,6 +9,7 @@ import pytest
 from ingest.adapters import LogError
 from ingest.adapters.generic import MappingError, generic_frames
 from ingest.adapters.obd import obd_frames
+from ingest.codec import TOO_DEEP
 from ingest.events import Click, Event, Impression
 from ingest.frames import LogBatch, RejectedRow, events_of
 
@@ -138,6 +139,41 @@ def test_a_bad_value_rejects_its_row_and_keeps_the_others(
     assert sum(b.read for b in batches) == len(events) + 1
 
 
+#: Request q1 shows three slots; a value is made bad on its third row (line 4 of a CSV).
+_SLATE_LOG = {"uid": ["a", "a", "a", "b"], "item": ["10", "11", "12", "13"],
+              "rank": ["1", "2", "3", "1"],
+              "time": ["2026-01-01T00:00:00Z"] * 3 + ["2026-01-01T00:01:00Z"],
+              "click": ["0", "1", "0", "1"], "p": ["0.5", "0.5", "0.5", "1"],
+              "req": ["q1", "q1", "q1", "q2"]}
+_NO_REQUEST_ID = {k: v for k, v in MAPPING.items() if k != "request_id"}
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+@pytest.mark.parametrize(("mapping", "column", "value", "request_id", "kept"), [
+    (MAPPING, "time", "yesterday", "q1", [("q2", 1)]),
+    # Without request ids a request is (user_id, ts): its id is made of both.
+    (_NO_REQUEST_ID, "click", "maybe", "a@1767225600.0", [("b@1767225660.0", 1)]),
+    # A ts that does not parse leaves its row in no request: that row alone is rejected.
+    (_NO_REQUEST_ID, "time", "yesterday", None, [("a@1767225600.0", 2), ("b@1767225660.0", 1)]),
+])
+def test_a_bad_row_rejects_every_row_of_its_request(
+        tmp_path: Path, suffix: str, mapping: dict[str, str], column: str, value: str,
+        request_id: str | None, kept: list[tuple[str, int]]) -> None:
+    columns = {**_SLATE_LOG, column: [*_SLATE_LOG[column][:2], value, _SLATE_LOG[column][3]]}
+    batches = list(generic_frames(_write(pl.DataFrame(columns), tmp_path / f"log{suffix}"),
+                                  mapping))
+    first = 2 if suffix == ".csv" else 1  # the header is line 1 of a CSV
+    rejected = _rejected(batches)
+    assert [r.line for r in rejected] == ([first, first + 1] if request_id else []) + [first + 2]
+    assert [r.reason for r in rejected[:-1]] == [
+        f"request_id={request_id!r} is rejected whole: its row at line {first + 2} was rejected"
+    ] * (len(rejected) - 1)
+    assert rejected[-1].reason.startswith(f"column {column!r}")
+    events = _events(batches)
+    assert [(e.request_id, len(e.slots)) for e in events if isinstance(e, Impression)] == kept
+    assert sum(b.read for b in batches) == len(events) + len(rejected)
+
+
 def test_bad_json_lines_are_rejected_with_their_line_numbers(tmp_path: Path) -> None:
     good = [b'{"uid": "a", "item": 1, "rank": 1, "time": 1767225600, "click": 1, "p": 0.5, '
             b'"req": "q%d", "extra": {"any": [1]}}' % i for i in range(3)]
@@ -149,11 +185,11 @@ def test_bad_json_lines_are_rejected_with_their_line_numbers(tmp_path: Path) -> 
     batches = list(generic_frames(path, MAPPING))
     rejected = {r.line: r.reason for r in _rejected(batches)}
     assert sorted(rejected) == [2, 5, 6, 7]
-    assert rejected[2].startswith("not JSON (")
-    assert rejected[5] == "not JSON that can be read: nesting too deep"
-    assert rejected[6] == ("column 'uid' (user_id)={\"name\":\"b\"} must be a single value, "
+    assert rejected[2].startswith("not valid JSON: ")
+    assert rejected[5] == TOO_DEEP
+    assert rejected[6] == ("column 'uid' (user_id)={'name': 'b'} must be a single value, "
                            "not an object or a list")
-    assert rejected[7] == "not a JSON object: [1,2]"
+    assert rejected[7] == "not a JSON object: [1, 2]"
     assert [e.request_id for e in _events(batches) if isinstance(e, Impression)] == [
         "q0", "q1", "q2"]
     assert sum(b.read for b in batches) == 3 + 3 + 4
@@ -166,8 +202,18 @@ def test_a_nested_value_is_rejected_where_polars_would_read_it_as_text(tmp_path:
     path.write_text("\n".join(lines) + "\n")
     batches = list(generic_frames(path, MAPPING))
     assert [(r.line, r.reason) for r in _rejected(batches)] == [
-        (2, "column 'uid' (user_id)=[\"a\"] must be a single value, not an object or a list")]
+        (2, "column 'uid' (user_id)=['a'] must be a single value, not an object or a list")]
     assert {e.request_id for e in _events(batches)} == {"q1", "q2", "q3"}
+
+
+def test_blank_lines_in_json_lines_keep_the_file_s_line_numbers(tmp_path: Path) -> None:
+    path = _write(pl.DataFrame({**_TEXT_LOG, "rank": ["2", "1", "x", "1"]}), tmp_path / "l.jsonl")
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "", *lines[1:]]) + "\n\n \n")
+    batches = list(generic_frames(path, MAPPING))
+    assert [(r.line, r.reason) for r in _rejected(batches)] == [
+        (4, "column 'rank' (position)='x' is not a 32-bit integer")]
+    assert [e.request_id for e in _events(batches) if isinstance(e, Impression)] == ["q1", "q3"]
 
 
 def test_an_empty_user_id_is_reported_as_such(tmp_path: Path) -> None:

@@ -84,3 +84,15 @@ def test_valid_rows_pass_and_rejected_rows_keep_their_index() -> None:
 def test_a_frame_without_the_schema_columns_is_refused() -> None:
     with pytest.raises(ValueError, match="lacks columns"):
         validate_frame("click", pl.DataFrame({"event_id": ["e"]}))
+
+
+def test_columnar_reasons_quote_a_bounded_prefix_like_the_decoder() -> None:
+    repeated = [{"item_id": "i" * 500, "position": p} for p in (1, 2)]
+    reasons = []
+    for event in (feedback("click", user_id="u" * 100_000), impression(*repeated)):
+        frame = pl.read_ndjson(io.BytesIO(msgspec.json.encode(event)),
+                               schema=SCHEMAS[event["type"]])
+        reasons.append(validate_frame(event["type"], frame)[1]["reason"][0])
+    assert all(len(reason) < 400 for reason in reasons)
+    assert reasons[0].startswith("user_id='uuu") and "(100000 chars)" in reasons[0]
+    assert reasons[1].startswith("slots.item_id=[iii") and "must not repeat" in reasons[1]

@@ -6,6 +6,7 @@ import http.client
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -172,6 +173,16 @@ def test_the_default_limit_is_one_mebibyte(oracle: BackgroundServer) -> None:
     connection.close()
     with pytest.raises(ValueError, match="max_body_bytes=0 must be at least 1"):
         create_app(Recording(), max_body_bytes=0)
+
+
+def test_the_limit_comes_from_the_serving_setting(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # no clickloop.toml of the checkout's
+    monkeypatch.setenv("CLICKLOOP_SERVING_MAX_BODY_BYTES", "500")
+    with BackgroundServer(create_app(Recording())) as server:
+        declared = post(server, b"x" * 501)
+    assert declared[0] == 413 and json.loads(declared[2])["detail"] == \
+        "Content-Length=501 is over max_body_bytes=500"
 
 
 def test_error_answers_quote_a_bounded_prefix_of_the_input(oracle: BackgroundServer) -> None:

@@ -93,3 +93,19 @@ def test_drain_to_an_unreachable_broker_says_what_is_still_pending(tmp_path: Pat
     assert drained.returncode == 2
     assert f"sent 0 of 1 to {topic} on {nowhere}" in drained.stdout
     assert "still pending: 1 in " in drained.stderr and "clickloop drain" in drained.stderr
+
+
+def test_simulate_and_consume_say_what_waits_locally_when_the_broker_is_away(
+        tmp_path: Path) -> None:
+    env = {"CLICKLOOP_INGEST_JOURNAL_DIR": str(tmp_path / "journal"),
+           "CLICKLOOP_INGEST_PRODUCER_TIMEOUT_S": "0.5", "CLICKLOOP_KAFKA_BOOTSTRAP": ""}
+    nowhere = f"127.0.0.1:{free_port()}"
+    simulated = clickloop("simulate", "--to", "kafka", "--bootstrap", nowhere,
+                          "--impressions", "50", "--deliver-timeout", "1", "--quiet",
+                          env=env, cwd=tmp_path)
+    assert simulated.returncode == 2, simulated.stderr
+    (error,) = [line for line in simulated.stderr.splitlines() if line.startswith("error:")]
+    assert "event(s) are spooled in" in error and "clickloop drain" in error
+    consumed = clickloop("consume", "--bootstrap", nowhere, "--quiet", env=env, cwd=tmp_path)
+    assert consumed.returncode == 2 and "Traceback" not in consumed.stderr
+    assert consumed.stderr.startswith("error: ") and nowhere in consumed.stderr

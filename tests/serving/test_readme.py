@@ -62,4 +62,8 @@ def test_the_readme_commands_run_as_written(broker: EmbeddedBroker, tmp_path: Pa
     assert impressions.height == 40
     assert impressions["slots"].list.len().sum() == 3 * 40
     assert "nothing pending" in outputs["status"] and "nothing to send" in outputs["drain"]
+    # The replay let no bad row by (rich wraps the title to the empty table's width).
+    assert f"dead letters in {topic}.dlq (0)" in " ".join(outputs["dlq"].split())
+    # The consumer compacted on its way out; the command finds the store and nothing to do.
+    assert "nothing to compact" in outputs["compact"]
     assert scan(tmp_path / ".clickloop" / "sim", "impression").collect().height == 20_000
