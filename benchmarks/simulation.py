@@ -8,7 +8,7 @@ impressions, in the same process), and the rate of turning a simulated log into 
 frames. Also search sessions per second (noisy queries, exact-match retrieval over the
 catalog, reformulations). Target: >= 1M impressions/s.
 
-Usage: python benchmarks/simulation.py [--quick] [--out benchmarks/results/simulation.json]
+Usage: python benchmarks/simulation.py [--quick] [--out PATH]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,7 +78,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller runs, under a minute")
-    parser.add_argument("--out", default="benchmarks/results/simulation.json")
+    parser.add_argument("--out", default=str(Path(tempfile.gettempdir())
+                                             / "clickloop-bench-simulation.json"),
+                        help="where the JSON goes (default: the temp folder; the current "
+                        "figures live in benchmarks/results/simulation.json)")
     args = parser.parse_args()
     n = 500_000 if args.quick else 5_000_000
     n_loop = 2_000 if args.quick else 20_000
