@@ -40,6 +40,36 @@ def test_every_command_explains_itself(command: tuple[str, ...], words: str) -> 
     assert result.returncode == 0 and words in result.stdout
 
 
+def test_every_subcommand_and_option_has_help_text() -> None:
+    import argparse
+
+    from serving.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    helped = {choice.dest for choice in commands._choices_actions if choice.help}
+    assert helped == set(commands.choices)
+    for name, sub in [("clickloop", parser), *commands.choices.items()]:
+        bare = [a.dest for a in sub._actions
+                if not a.help and not isinstance(a, argparse._SubParsersAction)]
+        assert not bare, f"{name}: options without help: {bare}"
+
+
+@pytest.mark.parametrize(("name", "content", "words"), [
+    ("empty.csv", b"", "the file is empty"),
+    ("empty.jsonl", b"", "the file is empty"),
+    ("cut.parquet", b"PAR1\x15\x04", "not a readable parquet file"),
+])
+def test_an_unreadable_file_is_one_error_line_and_exit_2(
+        tmp_path: Path, name: str, content: bytes, words: str) -> None:
+    (tmp_path / name).write_bytes(content)
+    result = clickloop("replay", str(tmp_path / name), "--to", "parquet", "--out",
+                       str(tmp_path / "s"), "--map", "user_id=u", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {tmp_path / name}: {words}"), line
+
+
 def test_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     missing = clickloop("replay", str(tmp_path / "nope.csv"), "--to", "parquet", "--out",
                         str(tmp_path / "s"))
