@@ -9,11 +9,12 @@ from ranking.metrics import dcg_at_k, ndcg_at_k
 
 def test_dcg_and_ndcg_known_values() -> None:
     grades = np.array([[3, 2, 0], [0, 2, 3]])
-    assert np.allclose(dcg_at_k(grades), [7 + 3 / np.log2(3), 3 / np.log2(3) + 7 / 2])
+    assert np.allclose(dcg_at_k(grades, gain="exponential"),
+                       [7 + 3 / np.log2(3), 3 / np.log2(3) + 7 / 2])
     ndcg = ndcg_at_k(grades, grades)
     assert ndcg[0] == pytest.approx(1.0) and 0 < ndcg[1] < 1
     assert ndcg_at_k(np.zeros((1, 3)), np.zeros((1, 3)))[0] == 0.0  # nothing relevant
-    assert dcg_at_k(grades, k=1).tolist() == [7.0, 0.0]
+    assert dcg_at_k(grades, k=1, gain="exponential").tolist() == [7.0, 0.0]
 
 
 def test_team_draft_invariants() -> None:
