@@ -375,6 +375,67 @@ def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_propensity(args: argparse.Namespace, settings: Settings) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import polars as pl
+
+    from ingest.joins import join_log
+    from ingest.logstore import CHECKPOINT
+    from models.propensity import RegressionEM, inverse_propensity_weights, weight_summary
+
+    if not (Path(args.data) / CHECKPOINT).is_file():
+        raise CliError(f"--data {args.data} is not a clickloop log store (no {CHECKPOINT})")
+    rows = join_log(args.data).filter(pl.col("position") <= args.positions).collect()
+    if not rows.height:
+        raise CliError(f"--data {args.data} holds no impressions")
+    positions = min(args.positions, int(rows["position"].max()))  # slates may be shorter
+
+    def click_curve(frame: pl.DataFrame) -> np.ndarray:
+        rate = frame.group_by("position").agg(pl.col("clicked").mean()).sort("position")
+        curve = np.full(positions, np.nan)
+        curve[rate["position"].to_numpy() - 1] = rate["clicked"].to_numpy()
+        return curve / curve[0]
+
+    with console.status(f"regression-EM on {rows.height:,} shown slots…"):
+        try:
+            estimate = RegressionEM(n_positions=positions).fit(rows).examination_
+        except ValueError as exc:  # e.g. a position no slot of the log was shown at
+            raise CliError(f"--data {args.data}: {exc}") from None
+    curves = {"click rate": click_curve(rows), "regression-EM": estimate}
+    if args.reference_policy:
+        randomized = rows.filter(pl.col("policy") == args.reference_policy)
+        if not randomized.height:
+            raise CliError(f"--reference-policy {args.reference_policy!r}: no impressions of "
+                           f"that policy; the log has {sorted(rows['policy'].unique())}")
+        curves[f"{args.reference_policy} (randomized)"] = click_curve(randomized)
+    table = Table(title=f"examination by position, relative to position 1 ({args.data})")
+    table.add_column("position", justify="right")
+    for name in curves:
+        table.add_column(name, justify="right")
+    for position in range(positions):
+        table.add_row(str(position + 1), *(f"{c[position]:.3f}" for c in curves.values()))
+    results.print(table)
+    weights = weight_summary(inverse_propensity_weights(
+        estimate[rows["position"].to_numpy() - 1], args.floor))
+    results.print(f"inverse-propensity weights (floor {args.floor:g}): effective sample size "
+                  f"{weights.effective_sample_size:,.0f} of {rows.height:,} slots, "
+                  f"max {weights.max:.2f}")
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for name, curve in curves.items():
+        axes.plot(range(1, positions + 1), curve, marker="o", label=name)
+    axes.set(xlabel="position", ylabel="examination / examination at 1",
+             title="position bias estimated from the log")
+    axes.legend()
+    Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(args.plot, dpi=120)
+    results.print(f"plot: {args.plot}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from serving.quickstart import run_quickstart
 
@@ -526,6 +587,25 @@ def build_parser() -> argparse.ArgumentParser:
                             "writer holds.")
     p.add_argument("store", metavar="DIR", help="the log store folder")
     p.set_defaults(func=cmd_compact)
+
+    p = commands.add_parser("propensity", help="estimate position bias from a log store",
+                            description="Estimate how likely each position is examined, "
+                            "relative to the top, from the clicks in a parquet log store "
+                            "(regression-EM on a position-based click model), next to the raw "
+                            "click rate and, where the log has one, the click rate of a "
+                            "uniformly randomized policy; print the weights' effective sample "
+                            "size and plot the curves.")
+    p.add_argument("--data", required=True, metavar="DIR", help="the log store folder")
+    p.add_argument("--positions", type=int, default=10,
+                   help="how many top positions to estimate (default: 10)")
+    p.add_argument("--reference-policy", metavar="NAME",
+                   help="a policy in the log that ranked uniformly at random: its click rate "
+                   "by position is the reference curve (e.g. uniform-random)")
+    p.add_argument("--floor", type=float, default=0.05,
+                   help="clipping floor of the propensities behind the weights (default: 0.05)")
+    p.add_argument("--plot", default=".clickloop/propensity.png",
+                   help="where the plot goes (default: .clickloop/propensity.png)")
+    p.set_defaults(func=cmd_propensity)
 
     p = commands.add_parser("status", help="show the local journals that hold events",
                             description="List each journal under ingest.journal_dir that holds "

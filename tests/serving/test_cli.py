@@ -149,3 +149,28 @@ def test_quickstart_job_reconciles_end_to_end(tmp_path: Path) -> None:
     # resent duplicate was dropped; the report says so too.
     assert re.search(r"dead letters: ([1-9]\d*) of \1 planted", result.stdout)
     assert (tmp_path / "run" / "ctr_by_position.png").stat().st_size > 10_000
+
+
+def test_propensity_command_estimates_the_examination_curve_of_a_simulated_log(
+        tmp_path: Path) -> None:
+    from simulation.clicks import examination
+
+    store = tmp_path / "sim"
+    simulated = clickloop("simulate", "--to", "parquet", "--out", str(store), "--impressions",
+                          "20000", "--items", "200", "--users", "100", "--slots", "5",
+                          "--candidates", "20", "--policy", "uniform", "-q", cwd=tmp_path)
+    assert simulated.returncode == 0, simulated.stderr
+    result = clickloop("propensity", "--data", str(store), "--positions", "5",
+                       "--reference-policy", "uniform-random", "--plot",
+                       str(tmp_path / "p.png"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("│")[1:-1] for line in result.stdout.splitlines()
+            if re.match(r"^│\s+\d ", line)]
+    estimated = [float(row[2]) for row in rows]
+    truth = examination(5) / examination(5)[0]
+    assert len(rows) == 5 and all(abs(e / t - 1) < 0.10 for e, t in zip(estimated, truth,
+                                                                          strict=True))
+    assert "effective sample size" in result.stdout and (tmp_path / "p.png").stat().st_size
+    unknown = clickloop("propensity", "--data", str(store), "--reference-policy", "nope",
+                        "--plot", str(tmp_path / "q.png"), cwd=tmp_path)
+    assert unknown.returncode == 2 and "no impressions of that policy" in unknown.stderr
