@@ -436,6 +436,49 @@ def cmd_propensity(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    import polars as pl
+
+    from ingest.joins import join_log
+    from ingest.logstore import CHECKPOINT
+    from models.artifacts import save
+    from models.data import InteractionDataModule
+    from models.propensity import popularity_propensity
+    from models.recommenders import MODELS, fit
+
+    if not args.verbose:  # Lightning announces devices and advertises at INFO on import
+        logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    if args.model not in MODELS:
+        raise CliError(f"MODEL={args.model!r} is not one of {', '.join(sorted(MODELS))}")
+    if not (Path(args.data) / CHECKPOINT).is_file():
+        raise CliError(f"--data {args.data} is not a clickloop log store (no {CHECKPOINT})")
+    model_class = MODELS[args.model]
+    rows = join_log(args.data).collect()
+    if not rows["clicked"].any():
+        raise CliError(f"--data {args.data} holds no clicks to learn from")
+    # The exposure propensity of each item, from its clicks (Saito et al., WSDM 2020): what
+    # the propensity-weighted losses divide by; the others ignore it.
+    clicks = rows.filter("clicked").group_by("item_id").len()
+    exposure = clicks.with_columns(exposure=pl.Series(popularity_propensity(
+        clicks["len"].to_numpy(), args.eta))).select("item_id", "exposure")
+    rows = rows.join(exposure, on="item_id", how="left").with_columns(
+        pl.col("exposure").fill_null(1.0))
+    data = InteractionDataModule.from_join(rows, propensity="exposure", mode=model_class.mode,
+                                           batch_size=args.batch_size, seed=args.seed)
+    model = model_class(data.n_users, data.n_items, dim=args.dim, lr=args.lr,
+                        weight_decay=args.weight_decay, seed=args.seed)
+    trainer = fit(model, data, max_epochs=args.epochs, patience=args.patience, seed=args.seed,
+                  enable_progress_bar=not args.quiet, accelerator=args.accelerator,
+                  devices=args.devices, strategy=args.strategy)
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    path = save(model, args.out, data=data, metrics=metrics)
+    results.print(f"trained {args.model} on {len(data.user_ids or []):,} users × "
+                  f"{len(data.item_ids or []):,} items ({trainer.current_epoch} epochs; "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+                  + f"); artifact: {path}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from serving.quickstart import run_quickstart
 
@@ -606,6 +649,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=".clickloop/propensity.png",
                    help="where the plot goes (default: .clickloop/propensity.png)")
     p.set_defaults(func=cmd_propensity)
+
+    p = commands.add_parser("train", help="train a recommender from a log store",
+                            description="Train a recommender from the clicks of a parquet log "
+                            "store (one positive per clicked user-item pair; negatives sampled "
+                            "each epoch), with early stopping on a validation split, and write "
+                            "its artifact: safetensors weights and JSON metadata.")
+    p.add_argument("model", metavar="MODEL",
+                   help="the recommender: mf, bpr, rel-mf, or another kind in "
+                   "models.recommenders.MODELS")
+    p.add_argument("--data", required=True, metavar="DIR", help="the log store folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="the artifact folder to write")
+    p.add_argument("--epochs", type=int, default=50, help="most epochs (default: 50)")
+    p.add_argument("--patience", type=int, default=3,
+                   help="epochs without a better validation loss before stopping (default: 3)")
+    p.add_argument("--dim", type=int, default=32, help="embedding size (default: 32)")
+    p.add_argument("--lr", type=float, default=1e-2, help="learning rate (default: 0.01)")
+    p.add_argument("--weight-decay", type=float, default=1e-4,
+                   help="L2 on the embedding rows of each batch (default: 0.0001)")
+    p.add_argument("--batch-size", type=int, default=1024,
+                   help="positives per batch (default: 1024)")
+    p.add_argument("--eta", type=float, default=0.5,
+                   help="exponent of the items' popularity propensity, (n_i / max n) ** eta "
+                   "(default: 0.5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of everything (default: 0)")
+    p.add_argument("--accelerator", default="auto",
+                   help="Lightning accelerator: auto, cpu or gpu (default: auto)")
+    p.add_argument("--devices", default="1",
+                   help="Lightning devices, e.g. 2 with --strategy ddp (default: 1)")
+    p.add_argument("--strategy", default="auto",
+                   help="Lightning strategy, e.g. ddp across processes (default: auto)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("status", help="show the local journals that hold events",
                             description="List each journal under ingest.journal_dir that holds "

@@ -174,3 +174,23 @@ def test_propensity_command_estimates_the_examination_curve_of_a_simulated_log(
     unknown = clickloop("propensity", "--data", str(store), "--reference-policy", "nope",
                         "--plot", str(tmp_path / "q.png"), cwd=tmp_path)
     assert unknown.returncode == 2 and "no impressions of that policy" in unknown.stderr
+
+
+def test_train_command_writes_an_artifact_that_loads(tmp_path: Path) -> None:
+    from models.artifacts import load
+
+    store = tmp_path / "sim"
+    simulated = clickloop("simulate", "--to", "parquet", "--out", str(store), "--impressions",
+                          "3000", "--items", "100", "--users", "50", "--slots", "5", "-q",
+                          cwd=tmp_path)
+    assert simulated.returncode == 0, simulated.stderr
+    trained = clickloop("train", "rel-mf", "--data", str(store), "--out",
+                        str(tmp_path / "artifacts" / "rel-mf"), "--epochs", "2", "--dim", "8",
+                        "-q", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert "trained rel-mf on 50 users" in trained.stdout and "val_loss" in trained.stdout
+    assert "GPU available" not in trained.stderr  # Lightning's chatter stays out
+    artifact = load(tmp_path / "artifacts" / "rel-mf", tmp_path / "artifacts", kind="rel-mf")
+    assert len(artifact.user_ids or []) == 50 and artifact.metadata["metrics"]["val_loss"] > 0
+    unknown = clickloop("train", "nope", "--data", str(store), "--out", "x", cwd=tmp_path)
+    assert unknown.returncode == 2 and "MODEL='nope' is not one of" in unknown.stderr
