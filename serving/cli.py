@@ -402,7 +402,11 @@ def cmd_propensity(args: argparse.Namespace, settings: Settings) -> int:
 
     with console.status(f"regression-EM on {rows.height:,} shown slots…"):
         try:
-            estimate = RegressionEM(n_positions=positions).fit(rows).examination_
+            # Relevance per item (per query and item in search): a key must come back at
+            # several positions to tell relevance from position, and (user, item) pairs
+            # rarely do in a recommendation log.
+            key = ("query", "item_id") if rows["query"].is_not_null().any() else ("item_id",)
+            estimate = RegressionEM(n_positions=positions, key=key).fit(rows).examination_
         except ValueError as exc:  # e.g. a position no slot of the log was shown at
             raise CliError(f"--data {args.data}: {exc}") from None
     curves = {"click rate": click_curve(rows), "regression-EM": estimate}
