@@ -150,7 +150,31 @@ class InteractionBatches(Dataset[Batch]):
                                       .repeat_interleave(self.negatives)])}
 
 
-class InteractionDataModule(lightning.LightningDataModule):
+class PreBatchedDataModule(lightning.LightningDataModule):
+    """Loaders over datasets that return a whole batch for each index tensor of
+    :class:`EpochBatches`: ``setup`` sets ``train`` (and ``val``, or None without a
+    validation split); ``batch_size`` and ``seed`` set the batches."""
+
+    batch_size: int
+    seed: int
+    train: Dataset[Batch] | None
+    val: Dataset[Batch] | None
+
+    def _loader(self, part: Dataset[Batch], shuffle: bool) -> DataLoader[Batch]:
+        sampler = EpochBatches(len(part), self.batch_size, self.seed, shuffle)  # type: ignore[arg-type]
+        return DataLoader(part, sampler=sampler, batch_size=None)
+
+    def train_dataloader(self) -> DataLoader[Batch]:
+        self.setup("fit")
+        assert self.train is not None
+        return self._loader(self.train, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader[Batch] | list[DataLoader[Batch]]:
+        self.setup("fit")
+        return [] if self.val is None else self._loader(self.val, shuffle=False)
+
+
+class InteractionDataModule(PreBatchedDataModule):
     """(user, item) interactions as pre-batched tensors for training and validation.
 
     ``users`` and ``items`` are contiguous indices (``user_ids[u]`` and ``item_ids[i]`` are
@@ -326,19 +350,6 @@ class InteractionDataModule(lightning.LightningDataModule):
         unlabeled = self.n_items - torch.bincount(users[positive], minlength=self.n_users)
         per_user = unlabeled.clamp(min=0).float() / (self.negatives * rows)
         return per_user[users]
-
-    def _loader(self, part: InteractionBatches, shuffle: bool) -> DataLoader[Batch]:
-        sampler = EpochBatches(len(part), self.batch_size, self.seed, shuffle)
-        return DataLoader(part, sampler=sampler, batch_size=None)
-
-    def train_dataloader(self) -> DataLoader[Batch]:
-        self.setup("fit")
-        assert self.train is not None
-        return self._loader(self.train, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader[Batch] | list[DataLoader[Batch]]:
-        self.setup("fit")
-        return [] if self.val is None else self._loader(self.val, shuffle=False)
 
     def train_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(users, items) of the training positives: what ``recommend(exclude=...)`` should

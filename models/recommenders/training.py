@@ -1,75 +1,29 @@
-"""Training any recommender of this package with Lightning's ``Trainer``: seeded, early
-stopping on the validation loss, the best epoch's weights kept."""
+"""Training a recommender: the data module must make the batches the model reads, then
+:func:`models.training.train`."""
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import pytorch_lightning as lightning
-import torch
-from pytorch_lightning.callbacks import Callback, EarlyStopping
 
 from models.data import InteractionDataModule
 from models.recommenders.base import FactorizationModel
+from models.training import RestoreBest, train
 
-
-class RestoreBest(Callback):
-    """Keeps the weights of the epoch with the lowest ``monitor`` in memory and puts them
-    back when fitting ends: early stopping halts ``patience`` epochs after the best one,
-    and an in-memory copy avoids Lightning's pickled checkpoint files."""
-
-    def __init__(self, monitor: str = "val_loss") -> None:
-        self.monitor = monitor
-        self.best = float("inf")
-        self.best_epoch: int | None = None
-        self._state: dict[str, torch.Tensor] | None = None
-
-    def on_validation_end(self, trainer: lightning.Trainer,
-                          pl_module: lightning.LightningModule) -> None:
-        value = trainer.callback_metrics.get(self.monitor)
-        if trainer.sanity_checking or value is None or not float(value) < self.best:
-            return
-        self.best, self.best_epoch = float(value), trainer.current_epoch
-        self._state = {name: tensor.detach().clone()
-                       for name, tensor in pl_module.state_dict().items()}
-
-    def on_fit_end(self, trainer: lightning.Trainer,
-                   pl_module: lightning.LightningModule) -> None:
-        if self._state is not None:
-            pl_module.load_state_dict(self._state)
+__all__ = ["RestoreBest", "fit"]
 
 
 def fit(model: FactorizationModel, data: InteractionDataModule, *, max_epochs: int = 50,
         patience: int = 3, seed: int = 0, enable_progress_bar: bool = False,
         **trainer_options: Any) -> lightning.Trainer:
     """Train ``model`` on ``data`` and return the trainer (its ``callback_metrics`` hold the
-    last losses). With a validation split, training stops once ``val_loss`` has not improved
-    for ``patience`` epochs and the best epoch's weights are restored. ``trainer_options``
-    go to ``lightning.Trainer`` (e.g. ``accelerator``, ``devices``, ``strategy``); by default
-    one device, the GPU when there is one, no logger and no checkpoint files."""
+    last losses), early stopping on ``val_loss`` as :func:`models.training.train` does."""
     if data.mode != model.mode:
         raise ValueError(f"{type(model).__name__} trains on {model.mode} batches; the data "
                          f"module makes {data.mode} ones (InteractionDataModule(mode=...))")
     if (data.n_users, data.n_items) != (model.n_users, model.n_items):
         raise ValueError(f"the data has {data.n_users} users and {data.n_items} items, the "
                          f"model {model.n_users} and {model.n_items}")
-    lightning.seed_everything(seed, workers=True, verbose=False)
-    data.setup("fit")
-    callbacks: list[Callback] = list(trainer_options.pop("callbacks", []))
-    if data.val is not None:
-        callbacks += [EarlyStopping(monitor="val_loss", patience=patience, mode="min"),
-                      RestoreBest("val_loss")]
-    options: dict[str, Any] = dict(accelerator="auto", devices=1, logger=False,
-                                   enable_checkpointing=False, enable_model_summary=False)
-    options.update(trainer_options)
-    trainer = lightning.Trainer(max_epochs=max_epochs, enable_progress_bar=enable_progress_bar,
-                                callbacks=callbacks, **options)
-    with warnings.catch_warnings():
-        # Batches are gathered from tensors already in memory: worker processes would only
-        # add copying, so Lightning's advice to add some does not apply.
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        # Lightning's own use of a torch API that newer torch deprecates: nothing to act on.
-        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-        trainer.fit(model, datamodule=data)
-    return trainer
+    return train(model, data, "val_loss", max_epochs=max_epochs, patience=patience, seed=seed,
+                 enable_progress_bar=enable_progress_bar, **trainer_options)

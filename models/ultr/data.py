@@ -29,12 +29,11 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pytorch_lightning as lightning
 import torch
 from numpy.typing import ArrayLike
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from models.data import EpochBatches
+from models.data import PreBatchedDataModule
 
 Batch = dict[str, torch.Tensor]
 
@@ -76,7 +75,7 @@ class ListBatches(Dataset[Batch]):
         return {name: tensor[rows] for name, tensor in self.tensors.items()}
 
 
-class ListDataModule(lightning.LightningDataModule):
+class ListDataModule(PreBatchedDataModule):
     """Click lists as pre-batched tensors for training and validation.
 
     ``features`` (N, L, F) and ``labels`` (N, L) as in the module doc. ``mask`` (N, L)
@@ -235,16 +234,3 @@ class ListDataModule(lightning.LightningDataModule):
         self.train = ListBatches({k: v[parts["train"]] for k, v in self._tensors.items()})
         self.val = (ListBatches({k: v[parts["val"]] for k, v in self._tensors.items()})
                     if n_val else None)
-
-    def _loader(self, part: ListBatches, shuffle: bool) -> DataLoader[Batch]:
-        sampler = EpochBatches(len(part), self.batch_size, self.seed, shuffle)
-        return DataLoader(part, sampler=sampler, batch_size=None)
-
-    def train_dataloader(self) -> DataLoader[Batch]:
-        self.setup("fit")
-        assert self.train is not None
-        return self._loader(self.train, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader[Batch] | list[DataLoader[Batch]]:
-        self.setup("fit")
-        return [] if self.val is None else self._loader(self.val, shuffle=False)

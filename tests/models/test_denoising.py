@@ -5,7 +5,6 @@ than MF (BCE) and BPR."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -44,14 +43,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Total length of `list` across ra
 def softplus(x: float) -> float:
     return math.log1p(math.exp(x))
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # Tiny models: intra-op threads only add synchronization on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --- T-CE --------------------------------------------------------------------------------

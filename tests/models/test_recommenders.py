@@ -5,7 +5,6 @@ exposure where the true relevance is known."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import polars as pl
@@ -30,15 +29,6 @@ LN2 = math.log(2.0)
 def softplus(x: float) -> float:
     return math.log1p(math.exp(x))
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # These models are tiny: intra-op threads only add synchronization, and on a shared
-    # 2-core machine each parallel op waits for the other core to be free.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --- losses on hand-made tensors -----------------------------------------------------------

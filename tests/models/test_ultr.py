@@ -5,7 +5,6 @@ simulated log where the true relevance and examination curve are known."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,15 +42,6 @@ TOP = 5
 def softplus(x: float) -> float:
     return math.log1p(math.exp(x))
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # These models are tiny: intra-op threads only add synchronization, and on a shared
-    # 2-core machine each parallel op waits for the other core to be free.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --- losses on hand-made tensors -----------------------------------------------------------
