@@ -2,8 +2,8 @@
 exposure propensities, cut into batches of tensors, reshuffled every epoch with a seed.
 
 Why not ``DataLoader(TensorDataset(...), batch_size=B)``: that indexes one sample at a time
-and collates B small tensors per batch, about 20x slower on CPU than gathering a batch with
-one index tensor (DESIGN.md, Learners). Here the sampler yields one index tensor per batch and
+and collates B small tensors per batch, far slower on CPU than gathering a batch with one
+index tensor (DESIGN.md, Learners). Here the sampler yields one index tensor per batch and
 the dataset gathers the whole batch at once; the ``DataLoader`` only passes it on
 (``batch_size=None``), and Lightning moves it to the model's device.
 

@@ -382,6 +382,7 @@ def cmd_propensity(args: argparse.Namespace, settings: Settings) -> int:
     import matplotlib.pyplot as plt
     import numpy as np
     import polars as pl
+    from matplotlib.backend_bases import FigureCanvasBase
 
     from ingest.joins import join_log
     from ingest.logstore import CHECKPOINT
@@ -389,6 +390,13 @@ def cmd_propensity(args: argparse.Namespace, settings: Settings) -> int:
 
     if not (Path(args.data) / CHECKPOINT).is_file():
         raise CliError(f"--data {args.data} is not a clickloop log store (no {CHECKPOINT})")
+    if args.positions < 1:
+        raise CliError(f"--positions={args.positions} must be at least 1")
+    if not 0 < args.floor <= 1:
+        raise CliError(f"--floor={args.floor} must be in (0, 1]")
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if Path(args.plot).suffix.lstrip(".").lower() not in kinds:
+        raise CliError(f"--plot {args.plot}: the suffix must be one of {', '.join(sorted(kinds))}")
     rows = join_log(args.data).filter(pl.col("position") <= args.positions).collect()
     if not rows.height:
         raise CliError(f"--data {args.data} holds no impressions")
@@ -442,13 +450,14 @@ def cmd_propensity(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     import polars as pl
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
     from ingest.joins import join_log
     from ingest.logstore import CHECKPOINT
     from models.artifacts import save
     from models.data import InteractionDataModule
     from models.propensity import popularity_propensity
-    from models.recommenders import MODELS, fit
+    from models.recommenders import MODELS, RestoreBest, fit
 
     if not args.verbose:  # Lightning announces devices and advertises at INFO on import
         logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
@@ -456,6 +465,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(f"MODEL={args.model!r} is not one of {', '.join(sorted(MODELS))}")
     if not (Path(args.data) / CHECKPOINT).is_file():
         raise CliError(f"--data {args.data} is not a clickloop log store (no {CHECKPOINT})")
+    if args.epochs < 1:
+        raise CliError(f"--epochs={args.epochs} must be at least 1")
     model_class = MODELS[args.model]
     rows = join_log(args.data).collect()
     if not rows["clicked"].any():
@@ -463,21 +474,34 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     # The exposure propensity of each item, from its clicks (Saito et al., WSDM 2020): what
     # the propensity-weighted losses divide by; the others ignore it.
     clicks = rows.filter("clicked").group_by("item_id").len()
-    exposure = clicks.with_columns(exposure=pl.Series(popularity_propensity(
-        clicks["len"].to_numpy(), args.eta))).select("item_id", "exposure")
-    rows = rows.join(exposure, on="item_id", how="left").with_columns(
-        pl.col("exposure").fill_null(1.0))
-    data = InteractionDataModule.from_join(rows, propensity="exposure", mode=model_class.mode,
-                                           batch_size=args.batch_size, seed=args.seed)
-    model = model_class(data.n_users, data.n_items, dim=args.dim, lr=args.lr,
-                        weight_decay=args.weight_decay, seed=args.seed)
-    trainer = fit(model, data, max_epochs=args.epochs, patience=args.patience, seed=args.seed,
-                  enable_progress_bar=not args.quiet, accelerator=args.accelerator,
-                  devices=args.devices, strategy=args.strategy)
+    try:
+        exposure = clicks.with_columns(exposure=pl.Series(popularity_propensity(
+            clicks["len"].to_numpy(), args.eta))).select("item_id", "exposure")
+        rows = rows.join(exposure, on="item_id", how="left").with_columns(
+            pl.col("exposure").fill_null(1.0))
+        data = InteractionDataModule.from_join(rows, propensity="exposure",
+                                               mode=model_class.mode,
+                                               batch_size=args.batch_size, seed=args.seed)
+        model = model_class(data.n_users, data.n_items, dim=args.dim, lr=args.lr,
+                            weight_decay=args.weight_decay, seed=args.seed)
+        trainer = fit(model, data, max_epochs=args.epochs, patience=args.patience,
+                      seed=args.seed, enable_progress_bar=not args.quiet,
+                      accelerator=args.accelerator, devices=args.devices,
+                      strategy=args.strategy)
+    except (ValueError, TypeError, ImportError, MisconfigurationException) as exc:
+        # A hyper-parameter the model refuses, or a device Lightning cannot set up.
+        raise CliError(f"cannot train {args.model}: {exc}") from None
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    # The weights kept are the best epoch's (RestoreBest): report that epoch, not the last.
+    best = next((c for c in trainer.callbacks if isinstance(c, RestoreBest)), None)
+    epochs = f"{trainer.current_epoch} epochs"
+    if best is not None and best.best_epoch is not None:
+        metrics["val_loss"] = best.best
+        epochs = f"best epoch {best.best_epoch + 1} of {trainer.current_epoch}"
+    metrics.pop("train_loss", None)  # the last epoch's, which the weights are not from
     path = save(model, args.out, data=data, metrics=metrics)
     results.print(f"trained {args.model} on {len(data.user_ids or []):,} users × "
-                  f"{len(data.item_ids or []):,} items ({trainer.current_epoch} epochs; "
+                  f"{len(data.item_ids or []):,} items ({epochs}; "
                   + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
                   + f"); artifact: {path}")
     return 0

@@ -194,3 +194,29 @@ def test_train_command_writes_an_artifact_that_loads(tmp_path: Path) -> None:
     assert len(artifact.user_ids or []) == 50 and artifact.metadata["metrics"]["val_loss"] > 0
     unknown = clickloop("train", "nope", "--data", str(store), "--out", "x", cwd=tmp_path)
     assert unknown.returncode == 2 and "MODEL='nope' is not one of" in unknown.stderr
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("store") / "sim"
+    simulated = clickloop("simulate", "--to", "parquet", "--out", str(store), "--impressions",
+                          "2000", "--items", "100", "--users", "50", "--slots", "5", "-q")
+    assert simulated.returncode == 0, simulated.stderr
+    return store
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (("propensity", "--floor", "0"), "--floor=0.0 must be in (0, 1]"),
+    (("propensity", "--positions", "0"), "--positions=0 must be at least 1"),
+    (("propensity", "--plot", "x.xyz"), "the suffix must be one of"),
+    (("train", "mf", "--epochs", "0", "--out", "a"), "--epochs=0 must be at least 1"),
+    (("train", "mf", "--dim", "0", "--out", "a"), "cannot train mf: "),
+    (("train", "mf", "--batch-size", "0", "--out", "a"), "cannot train mf: "),
+    (("train", "mf", "--devices", "abc", "--out", "a"), "cannot train mf: "),
+    (("train", "mf", "--strategy", "bogus", "--out", "a"), "cannot train mf: "),
+])
+def test_bad_model_options_are_one_error_line(small_store: Path, tmp_path: Path,
+                                              args: tuple[str, ...], words: str) -> None:
+    result = clickloop(*args, "--data", str(small_store), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("error: ") and words in result.stderr, result.stderr
