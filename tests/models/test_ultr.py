@@ -12,7 +12,6 @@ import polars as pl
 import pytest
 import torch
 
-from ingest.joins import impression_click_join
 from models.ultr import (
     DLA,
     RANKERS,
@@ -25,12 +24,8 @@ from models.ultr import (
     ips_softmax_loss,
     propensities_from_curve,
 )
-from ranking.metrics import mean_over_users, ndcg_at_k
-from simulation.clicks import PositionBasedModel, examination
-from simulation.hashing import hash_normal
-from simulation.policies import ScorePolicy
-from simulation.simulator import sample_candidates, simulate
-from simulation.world import World
+from simulation.clicks import examination
+from simulation.ltr import RankingExperiment
 
 LN2, LN3, LN4 = math.log(2.0), math.log(3.0), math.log(4.0)
 THETA = examination(10, eta=1.0)
@@ -321,10 +316,6 @@ def test_bad_hyper_parameters_name_the_field_and_the_value(make, message: str) -
 # --- simulated log with known relevance and examination ------------------------------------
 
 N_LISTS = 40_000
-#: Training contexts are users 0..1999, evaluation contexts users 2000..2999.
-TRAIN_USERS, N_USERS = 2000, 3000
-#: Each item's vector is observed with this much noise (in units of its own spread).
-FEATURE_NOISE = 0.5
 
 
 @dataclass
@@ -335,68 +326,18 @@ class Trained:
 
 
 @pytest.fixture(scope="module")
-def world() -> World:
-    # Relevance mostly personal (popularity weight 0.1, not the default 0.3): with the
-    # default, popularity alone nearly orders these popularity-drawn candidates, and every
-    # ranker would tie at the top whatever it made of the clicks.
-    return World(n_items=2000, n_users=N_USERS, popularity_weight=0.1, seed=0)
-
-
-def _features(world: World, observed_items: np.ndarray, users: np.ndarray,
-              items: np.ndarray) -> np.ndarray:
-    """Per (user, item): the product of the user's vector and the item's observed vector
-    (the world's, plus fixed noise: a real system sees items through content features,
-    not their true latent vectors), and the item's log popularity."""
-    product = world.user_vectors[users] * observed_items[items]
-    popularity = np.log(world.popularity[items] * world.n_items)[..., None]
-    return np.concatenate([product, popularity], axis=-1).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def trained(world: World) -> Trained:
-    """One log for every ranker: 40k lists of 10, shown by a production ranker that orders
-    the candidates by popularity plus a per-(user, item) term unrelated to relevance
-    (promotions, say), clicked by a position-based model at eta = 1.
-
-    Popularity in the order misleads the naive ranker: clicks pile up on popular items
-    because they are shown high. The unrelated term is what lets DLA tell position from
-    relevance: were the order a function of the ranker's features alone, the ranker could
-    explain position effects itself and the curve would not be identified (Zhang et al.,
-    "Towards Disentangling Relevance and Bias in Unbiased Learning to Rank", KDD 2023;
-    Hager, Zoeter and de Rijke, "Unidentified and Confounded? Understanding Two-Tower Models
-    for Unbiased Learning to Rank", ICTIR 2025)."""
-    rng = np.random.default_rng(0)
-    observed = world.item_vectors + FEATURE_NOISE * rng.normal(
-        size=world.item_vectors.shape).astype(np.float32) * world.item_vectors.std()
-
-    def production(users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        pair = users.astype(np.int64) * world.n_items + items
-        return np.log(world.popularity[items]) + 2.0 * hash_normal(pair, 7)
-
-    log = simulate(world, ScorePolicy(production, name="production"),
-                   PositionBasedModel(THETA), n=N_LISTS, k=10, candidates=10,
-                   users=rng.integers(0, TRAIN_USERS, N_LISTS), seed=1)
-    frames = log.frames()
-    rows = impression_click_join(frames["impression"].lazy(), frames["click"].lazy()).collect()
-    user = rows["user_id"].str.slice(1).cast(pl.Int64).to_numpy()
-    item = rows["item_id"].str.slice(1).cast(pl.Int64).to_numpy()
-    rows = rows.with_columns(grade=world.relevance(user, item))
-
-    def features(frame: pl.DataFrame) -> np.ndarray:
-        return _features(world, observed,
-                         frame["user_id"].str.slice(1).cast(pl.Int64).to_numpy(),
-                         frame["item_id"].str.slice(1).cast(pl.Int64).to_numpy())
-
-    clicks = ListDataModule.from_join(rows, features, examination=THETA, batch_size=512)
-    truth = ListDataModule.from_join(rows, features, labels="grade", batch_size=512)
-
-    # Held-out contexts (users never in the log), 50 candidates each drawn as the log's
-    # were, ranked by each model and judged by the true grades.
-    users = rng.integers(TRAIN_USERS, N_USERS, 2000)
-    candidates = sample_candidates(world, len(users), 50, rng)
-    test_x = _features(world, observed, users[:, None], candidates)
-    grades = world.relevance(users[:, None], candidates).astype(np.float64)
-
+def trained() -> Trained:
+    """One log for every ranker: 40k production slates of 10 clicked by a position-based
+    model at eta = 1 (:class:`simulation.ltr.RankingExperiment`), and 2000 held-out
+    contexts of 50 candidates judged by their true grades."""
+    experiment = RankingExperiment(eta=1.0)
+    assert np.allclose(experiment.examination, THETA)
+    rows = experiment.rows(experiment.log(N_LISTS))
+    clicks = ListDataModule.from_join(rows, experiment.features, examination=THETA,
+                                      batch_size=512)
+    truth = ListDataModule.from_join(rows, experiment.features, labels="grade",
+                                     batch_size=512)
+    held_out = experiment.held_out()
     n = clicks.n_features
     models = {"oracle": (IPSListwise(n, ips=False), truth),
               "naive": (IPSListwise(n, ips=False), clicks),
@@ -406,9 +347,8 @@ def trained(world: World) -> Trained:
     ndcg, per_context = {}, {}
     for name, (model, data) in models.items():
         fit(model, data, max_epochs=30)
-        ranked = np.take_along_axis(grades, model.rank(test_x).cpu().numpy(), axis=1)
-        per_context[name] = ndcg_at_k(ranked, ideal=grades, k=10)
-        ndcg[name] = mean_over_users(per_context[name], (grades > 0).sum(axis=1))
+        judged = experiment.judge(model, held_out)
+        ndcg[name], per_context[name] = judged.mean, judged.per_context
     dla = models["dla"][0]
     assert isinstance(dla, DLA)
     return Trained(ndcg, per_context, dla)
@@ -416,9 +356,9 @@ def trained(world: World) -> Trained:
 
 def test_ips_rankers_match_the_oracle_and_the_naive_ranker_does_not(
         trained: Trained, record_property: pytest.RecordProperty) -> None:
-    """True nDCG@10 on held-out contexts. Measured: oracle .9661, IPS listwise .9625
-    (0.4% below), IPS pairwise .9628, DLA .9593, naive .9340 (3.3% below the oracle), the
-    naive ranker below IPS by 35 standard errors in a paired comparison over the 2000
+    """True nDCG@10 on held-out contexts. Measured: oracle .9615, IPS listwise .9595
+    (0.2% below), IPS pairwise .9603, DLA .9583, naive .9286 (3.4% below the oracle), the
+    naive ranker below IPS by 38 standard errors in a paired comparison over the 2000
     contexts. Bounds: IPS (and DLA) within 3% of the oracle, naive at least 2% below it."""
     ndcg = trained.ndcg
     for name, value in ndcg.items():
@@ -435,8 +375,8 @@ def test_ips_rankers_match_the_oracle_and_the_naive_ranker_does_not(
 
 def test_dla_recovers_the_examination_curve(
         trained: Trained, record_property: pytest.RecordProperty) -> None:
-    """Learned jointly with the ranker from the clicks alone. Measured: 1, .873, .702,
-    .492, .419 against the simulator's 1, .897, .706, .500, .412 (at most 2.7% off); the
+    """Learned jointly with the ranker from the clicks alone. Measured: 1, .880, .698,
+    .492, .408 against the simulator's 1, .897, .706, .500, .412 (at most 1.9% off); the
     bound is 10% per position."""
     curve = trained.dla.examination_
     record_property("dla examination top 5", [round(float(v), 3) for v in curve[:TOP]])
