@@ -13,13 +13,16 @@ With ``ips=False`` the first two are the naive click rankers; trained on true re
 labels they are the full-information (oracle) rankers. Lists come from
 :class:`ListDataModule` (pre-batched, padded, with a mask); propensities from a given
 examination curve (:func:`propensities_from_curve`: the simulator's, or an estimate such as
-:class:`models.propensity.RegressionEM`'s). Train with :func:`fit`.
+:class:`models.propensity.RegressionEM`'s); per-slot features of queries and items from
+:class:`QueryItemFeatures` (BM25, TF-IDF cosine over character n-grams, word overlap, item
+features), plugged into the join by :func:`join_features`. Train with :func:`fit`.
 """
 
 from __future__ import annotations
 
 from models.ultr.data import ListBatches, ListDataModule, propensities_from_curve
 from models.ultr.dla import DLA, dla_losses
+from models.ultr.features import TEXT_FEATURES, QueryItemFeatures, join_features
 from models.ultr.listwise import IPSListwise, inverse_propensity_weights, ips_softmax_loss
 from models.ultr.pairwise import IPSPairwise, ips_pairwise_loss
 from models.ultr.ranker import ListRanker, Scorer, masked_log_softmax
@@ -29,7 +32,7 @@ from models.ultr.training import fit
 RANKERS: dict[str, type[ListRanker]] = {model.kind: model
                                         for model in (IPSListwise, IPSPairwise, DLA)}
 
-__all__ = ["DLA", "RANKERS", "IPSListwise", "IPSPairwise", "ListBatches", "ListDataModule",
-           "ListRanker", "Scorer", "dla_losses", "fit", "inverse_propensity_weights",
-           "ips_pairwise_loss", "ips_softmax_loss", "masked_log_softmax",
-           "propensities_from_curve"]
+__all__ = ["DLA", "RANKERS", "TEXT_FEATURES", "IPSListwise", "IPSPairwise", "ListBatches",
+           "ListDataModule", "ListRanker", "QueryItemFeatures", "Scorer", "dla_losses", "fit",
+           "inverse_propensity_weights", "ips_pairwise_loss", "ips_softmax_loss",
+           "join_features", "masked_log_softmax", "propensities_from_curve"]
