@@ -38,6 +38,7 @@ import numpy as np
 import polars as pl
 import pytorch_lightning as lightning
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 Mode = Literal["pointwise", "pairwise"]
@@ -55,24 +56,60 @@ def _generator(*seeds: int) -> torch.Generator:
 class EpochBatches(Sampler[tuple[int, int, torch.Tensor]]):
     """Yields ``(epoch, batch number, row indices)``, one per batch: a fresh seeded
     permutation each epoch when ``shuffle``. Lightning calls :meth:`set_epoch` before each
-    epoch; iterated by hand, each pass counts as the next epoch."""
+    epoch; iterated by hand, each pass counts as the next epoch.
 
-    def __init__(self, n_rows: int, batch_size: int, seed: int, shuffle: bool) -> None:
+    Under data parallelism (``num_replicas`` processes, this one ``rank``) every process
+    draws the same permutation, cuts it into the same batches and takes every
+    ``num_replicas``-th of them, starting at its ``rank``: the shares are disjoint and
+    together hold each row once per epoch. Each process must take the same number of
+    batches, since every training step waits for all of them (the gradients are averaged),
+    so the rows of the last, incomplete round of batches are cut into ``num_replicas``
+    near-equal batches instead (with fewer rows than processes, into the round before,
+    whose batches then hold a row more than ``batch_size``). Nothing is dropped or
+    repeated, and one process gets exactly the batches it always did. Batch numbers are
+    the epoch's, not the process's: a batch's negatives do not depend on who draws it.
+    """
+
+    def __init__(self, n_rows: int, batch_size: int, seed: int, shuffle: bool,
+                 num_replicas: int = 1, rank: int = 0) -> None:
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"num_replicas={num_replicas}, rank={rank}: need "
+                             "num_replicas >= 1 and 0 <= rank < num_replicas")
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be at least 1")
+        if n_rows < num_replicas:
+            raise ValueError(f"n_rows={n_rows} < num_replicas={num_replicas}: every "
+                             "process needs at least one row")
         self.n_rows, self.batch_size, self.seed, self.shuffle = n_rows, batch_size, seed, shuffle
+        self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _rounds(self) -> int:
+        """Batches per process: rounds of ``num_replicas`` batches."""
+        rounds = math.ceil(math.ceil(self.n_rows / self.batch_size) / self.num_replicas)
+        if rounds > 1 and self._tail_start(rounds) > self.n_rows - self.num_replicas:
+            rounds -= 1  # the last round would leave some process without a row
+        return rounds
+
+    def _tail_start(self, rounds: int) -> int:
+        return (rounds - 1) * self.num_replicas * self.batch_size
+
     def __len__(self) -> int:
-        return math.ceil(self.n_rows / self.batch_size)
+        return self._rounds()
 
     def __iter__(self) -> Iterator[tuple[int, int, torch.Tensor]]:
         epoch = self.epoch if self.shuffle else 0
         order = (torch.randperm(self.n_rows, generator=_generator(self.seed, 1, epoch))
                  if self.shuffle else torch.arange(self.n_rows))
-        for number, rows in enumerate(order.split(self.batch_size)):
-            yield epoch, number, rows
+        tail = self._tail_start(self._rounds())
+        # (An empty tensor splits into one empty piece, hence the guard.)
+        batches = [*(order[:tail].split(self.batch_size) if tail else ()),
+                   *order[tail:].tensor_split(self.num_replicas)]
+        for number in range(self.rank, len(batches), self.num_replicas):
+            yield epoch, number, batches[number]
         if self.shuffle:
             self.epoch = epoch + 1
 
@@ -160,8 +197,25 @@ class PreBatchedDataModule(lightning.LightningDataModule):
     train: Dataset[Batch] | None
     val: Dataset[Batch] | None
 
+    def _replicas(self) -> tuple[int, int]:
+        """(processes, this one's rank) of data-parallel training: from the trainer, which
+        knows them once its strategy is set up (they are asked for when the loaders are
+        made, after that), else from an initialized ``torch.distributed``."""
+        trainer = self.trainer
+        shares = trainer.distributed_sampler_kwargs if trainer is not None else None
+        if shares is not None:
+            return int(shares["num_replicas"]), int(shares["rank"])
+        if trainer is None and dist.is_available() and dist.is_initialized():
+            return dist.get_world_size(), dist.get_rank()
+        return 1, 0
+
     def _loader(self, part: Dataset[Batch], shuffle: bool) -> DataLoader[Batch]:
-        sampler = EpochBatches(len(part), self.batch_size, self.seed, shuffle)  # type: ignore[arg-type]
+        # Each process takes its own share of the batches (EpochBatches): train() turns off
+        # Lightning's sampler replacement, which would wrap these batches in a
+        # DistributedSampler that pads the shares by repeating batches and reshuffles them.
+        num_replicas, rank = self._replicas()
+        sampler = EpochBatches(len(part), self.batch_size, self.seed, shuffle,  # type: ignore[arg-type]
+                               num_replicas=num_replicas, rank=rank)
         return DataLoader(part, sampler=sampler, batch_size=None)
 
     def train_dataloader(self) -> DataLoader[Batch]:

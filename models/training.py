@@ -10,11 +10,15 @@ import pytorch_lightning as lightning
 import torch
 from pytorch_lightning.callbacks import Callback, EarlyStopping
 
+from models.data import PreBatchedDataModule
+
 
 class RestoreBest(Callback):
     """Keeps the weights of the epoch with the lowest ``monitor`` in memory and puts them
     back when fitting ends: early stopping halts ``patience`` epochs after the best one,
-    and an in-memory copy avoids Lightning's pickled checkpoint files."""
+    and an in-memory copy avoids Lightning's pickled checkpoint files. Under data
+    parallelism the processes keep the same epoch only if they improve together: log the
+    monitor with ``sync_dist=True``."""
 
     def __init__(self, monitor: str = "val_loss") -> None:
         self.monitor = monitor
@@ -24,9 +28,15 @@ class RestoreBest(Callback):
 
     def on_validation_end(self, trainer: lightning.Trainer,
                           pl_module: lightning.LightningModule) -> None:
-        value = trainer.callback_metrics.get(self.monitor)
-        if trainer.sanity_checking or value is None or not float(value) < self.best:
+        if trainer.sanity_checking:
             return
+        value = trainer.callback_metrics.get(self.monitor)
+        improved = value is not None and float(value) < self.best
+        # Every process must keep the same epoch. A monitor logged with sync_dist=True has
+        # one value everywhere already; the vote keeps them together if it was not.
+        if not trainer.strategy.reduce_boolean_decision(improved, all=True):
+            return
+        assert value is not None
         self.best, self.best_epoch = float(value), trainer.current_epoch
         self._state = {name: tensor.detach().clone()
                        for name, tensor in pl_module.state_dict().items()}
@@ -53,6 +63,10 @@ def train(model: lightning.LightningModule, data: lightning.LightningDataModule,
                       RestoreBest(monitor)]
     options: dict[str, Any] = dict(accelerator="auto", devices=1, logger=False,
                                    enable_checkpointing=False, enable_model_summary=False)
+    if isinstance(data, PreBatchedDataModule):
+        # Its loaders give each process its own share of the batches (EpochBatches); left
+        # on, Lightning would deal out the batches again through a DistributedSampler.
+        options["use_distributed_sampler"] = False
     options.update(trainer_options)
     trainer = lightning.Trainer(max_epochs=max_epochs, enable_progress_bar=enable_progress_bar,
                                 callbacks=callbacks, **options)

@@ -459,14 +459,20 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from models.propensity import popularity_propensity
     from models.recommenders import MODELS, RestoreBest, fit
 
-    if not args.verbose:  # Lightning announces devices and advertises at INFO on import
+    if not args.verbose:  # Lightning announces devices, advertises and joins ranks at INFO
         logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+        logging.getLogger("lightning_fabric").setLevel(logging.WARNING)
     if args.model not in MODELS:
         raise CliError(f"MODEL={args.model!r} is not one of {', '.join(sorted(MODELS))}")
     if not (Path(args.data) / CHECKPOINT).is_file():
         raise CliError(f"--data {args.data} is not a clickloop log store (no {CHECKPOINT})")
     if args.epochs < 1:
         raise CliError(f"--epochs={args.epochs} must be at least 1")
+    if any(word in args.strategy for word in ("spawn", "fork", "notebook")):
+        # Those train in child processes that hand back only the weights: this process's
+        # RestoreBest would never learn which epoch was kept, and the report would be wrong.
+        raise CliError(f"--strategy={args.strategy!r} trains in child processes whose kept "
+                       "epoch this command cannot report; use --strategy ddp")
     model_class = MODELS[args.model]
     rows = join_log(args.data).collect()
     if not rows["clicked"].any():
@@ -491,6 +497,15 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     except (ValueError, TypeError, ImportError, MisconfigurationException) as exc:
         # A hyper-parameter the model refuses, or a device Lightning cannot set up.
         raise CliError(f"cannot train {args.model}: {exc}") from None
+    # Data parallel (e.g. --devices 2 --strategy ddp): Lightning's subprocess launcher starts
+    # each further process by running this process's command line again, `python
+    # <the clickloop script> train ...` or `python -m serving.cli train ...`, with its rank
+    # in LOCAL_RANK; that process reads the same data, trains its share of every epoch and
+    # ends here with the same weights. One artifact and one report: rank 0's. (So main(argv)
+    # called from other code cannot train with DDP: the relaunch would run that code's own
+    # command line.)
+    if not trainer.is_global_zero:
+        return 0
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     # The weights kept are the best epoch's (RestoreBest): report that epoch, not the last.
     best = next((c for c in trainer.callbacks if isinstance(c, RestoreBest)), None)
@@ -510,6 +525,11 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from serving.quickstart import run_quickstart
 
+    if args.impressions < 1000:
+        raise CliError(f"--impressions={args.impressions} must be at least 1000: fewer "
+                       "slates leave too few clicks to train the rankers on")
+    if not args.verbose:  # Lightning announces devices and advertises at INFO
+        logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     return run_quickstart(settings, impressions=args.impressions, workdir=args.workdir,
                           bootstrap=args.bootstrap, console=results)
 
@@ -530,13 +550,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("run", help="the quick-start job: broker, stream, log, join",
+    p = commands.add_parser("run", help="the quick-start job: stream, log, debiased rankers",
                             description="Start the embedded broker (unless a bootstrap is "
-                            "set), stream a simulated click log through Kafka into the parquet "
-                            "log store, with some malformed messages that must land in the DLQ, "
-                            "then join impressions with clicks and print CTR by position.")
-    p.add_argument("--impressions", type=int, default=10_000,
-                   help="impressions to simulate (default: 10000)")
+                            "set), stream a simulated production click log through Kafka into "
+                            "the parquet log store, with some malformed messages that must land "
+                            "in the DLQ; then estimate the examination curve from the log by "
+                            "regression-EM, train a naive and a propensity-weighted ranker on "
+                            "it, and print their true nDCG@10 on contexts never logged.")
+    p.add_argument("--impressions", type=int, default=20_000,
+                   help="slates of 10 to simulate, at least 1000 (default: 20000)")
     p.add_argument("--workdir", default=".clickloop/run",
                    help="where the log store and the plot go (default: .clickloop/run)")
     p.add_argument("--bootstrap", help="use this broker instead of the embedded one")
@@ -696,7 +718,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=1e-4,
                    help="L2 on the embedding rows of each batch (default: 0.0001)")
     p.add_argument("--batch-size", type=int, default=1024,
-                   help="positives per batch (default: 1024)")
+                   help="positives per batch, per process under DDP (see --devices) "
+                   "(default: 1024)")
     p.add_argument("--eta", type=float, default=0.5,
                    help="exponent of the items' popularity propensity, (n_i / max n) ** eta "
                    "(default: 0.5)")
@@ -704,9 +727,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accelerator", default="auto",
                    help="Lightning accelerator: auto, cpu or gpu (default: auto)")
     p.add_argument("--devices", default="1",
-                   help="Lightning devices, e.g. 2 with --strategy ddp (default: 1)")
+                   help="Lightning devices, e.g. 2 with --strategy ddp: one process each, "
+                   "each training on its own share of every epoch's batches of "
+                   "--batch-size, so a step's effective batch is devices x --batch-size and "
+                   "an epoch has that many times fewer steps; --lr is not scaled "
+                   "(default: 1)")
     p.add_argument("--strategy", default="auto",
-                   help="Lightning strategy, e.g. ddp across processes (default: auto)")
+                   help="Lightning strategy, e.g. ddp: data-parallel processes (gloo on "
+                   "CPU, NCCL on GPUs), only rank 0 writing the artifact; not ddp_spawn or "
+                   "ddp_fork (default: auto)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 

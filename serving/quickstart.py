@@ -1,11 +1,13 @@
-"""``clickloop run``: the whole ingest path on the embedded defaults, end to end.
+"""``clickloop run``: the loop on the embedded defaults, end to end, from stream to rankers.
 
-A simulated log (a seeded world, uniformly random slates so that CTR differences by position
-are pure position bias, position-based clicks, reactions and dwell) goes through a real
-Kafka broker with a few malformed and duplicated messages mixed in; the consumer validates,
-dead-letters, deduplicates and writes the parquet log; the impression-click join then gives
-CTR by position next to the true examination curve, and CTR divided by it (IPS), which is
-flat when the bias is removed. Prints tables and saves a plot.
+A simulated production log (:class:`simulation.ltr.RankingExperiment`: slates ordered by
+popularity and promotions, position-based clicks, reactions and dwell, the truth known) goes
+through a real Kafka broker with a few malformed and duplicated messages mixed in; the
+consumer validates, dead-letters, deduplicates and writes the parquet log. From the log
+store's impression-click join it then estimates the examination curve by regression-EM,
+trains a naive ranker (every click a positive) and a propensity-weighted one (each click
+weighted by one over the estimated examination of its position), and judges both by their
+true nDCG@10 on contexts that were never in the log. Prints tables and saves a plot.
 """
 
 from __future__ import annotations
@@ -32,10 +34,9 @@ from ingest.joins import join_log  # noqa: E402
 from ingest.logstore import ParquetLogStore  # noqa: E402
 from ingest.producer import EventProducer  # noqa: E402
 from ingest.settings import Settings  # noqa: E402
-from simulation.clicks import PositionBasedModel, examination  # noqa: E402
-from simulation.policies import UniformRandomPolicy  # noqa: E402
-from simulation.simulator import simulate  # noqa: E402
-from simulation.world import World  # noqa: E402
+from models.propensity import RegressionEM  # noqa: E402
+from models.ultr import IPSListwise, ListDataModule, fit  # noqa: E402
+from simulation.ltr import RankingExperiment  # noqa: E402
 
 #: Bad messages planted in the stream, one of each kind per this many good events.
 BAD_EVERY = 1000
@@ -61,9 +62,8 @@ def run_quickstart(settings: Settings, *, impressions: int, workdir: str | Path,
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     settings = _settings_for(settings, workdir)
-    theta = examination(5)
-    log = simulate(World(n_items=2000, n_users=1000, seed=7), UniformRandomPolicy(),
-                   PositionBasedModel(theta, noise_floor=0.05), n=impressions, k=5, seed=7)
+    experiment = RankingExperiment()
+    log = experiment.log(impressions)
     messages = frames_in_time_order(log.frames())
     records = [(user.encode(), message.encode(), None)
                for user, message in zip(messages["user_id"], messages["message"], strict=True)]
@@ -118,36 +118,60 @@ def run_quickstart(settings: Settings, *, impressions: int, workdir: str | Path,
             dlq.add_row(f"{count:,}", reason)
         console.print(dlq)
 
-    by_position = (
-        join_log(workdir / "log")
-        .group_by("position")
-        .agg(shown=pl.len(), ctr=pl.col("clicked").mean())
-        .sort("position")
-        .collect()
-        .with_columns(theta=pl.Series(theta), ips=pl.col("ctr") / pl.Series(theta))
-    )
-    ctr = Table(title="CTR by position from the impression-click join (uniform slates)")
-    for name in ("position", "shown", "CTR", "true θ (examination)", "CTR / θ (IPS)"):
-        ctr.add_column(name, justify="right")
-    for row in by_position.iter_rows(named=True):
-        ctr.add_row(str(row["position"]), f"{row['shown']:,}", f"{row['ctr']:.4f}",
-                    f"{row['theta']:.2f}", f"{row['ips']:.4f}")
-    console.print(ctr)
+    rows = experiment.with_grades(join_log(workdir / "log").collect())
+    truth = experiment.examination / experiment.examination[0]
+    with progress.status("regression-EM: the examination curve from the log…"):
+        # Relevance per item: popularity and promotions put an item at different positions
+        # for different users, which is what tells its relevance from its position.
+        curve = RegressionEM(n_positions=experiment.k, key=("item_id",)).fit(rows).examination_
+    by_position = (rows.group_by("position").agg(shown=pl.len(), ctr=pl.col("clicked").mean())
+                   .sort("position"))
+    ctr = by_position["ctr"].to_numpy()
+    table = Table(title="examination by position, relative to position 1")
+    for name in ("position", "shown", "CTR", "CTR / CTR@1", "true θ", "regression-EM"):
+        table.add_column(name, justify="right")
+    for index, row in enumerate(by_position.iter_rows(named=True)):
+        table.add_row(str(row["position"]), f"{row['shown']:,}", f"{row['ctr']:.4f}",
+                      f"{ctr[index] / ctr[0]:.3f}", f"{truth[index]:.3f}",
+                      f"{curve[index]:.3f}")
+    console.print(table)
 
-    figure, axis = plt.subplots(figsize=(6, 4))
-    first = by_position["ctr"][0]
-    axis.plot(by_position["position"], by_position["ctr"] / first, "o-",
-              label="CTR / CTR@1 (logged)")
-    axis.plot(by_position["position"], theta / theta[0], "s--", label="true θ_k / θ_1")
-    axis.plot(by_position["position"], by_position["ips"] / by_position["ips"][0], "^:",
-              label="IPS: (CTR / θ) relative to position 1")
-    axis.set_xticks(range(1, len(theta) + 1))
-    axis.set_xlabel("position")
-    axis.set_ylabel("relative to position 1")
-    axis.set_title("Position bias in the simulated log")
-    axis.legend()
+    held_out = experiment.held_out()
+    rankers = {"naive": ("clicks", "clicked", None),
+               "propensity-weighted": ("clicks × 1/θ (EM)", "clicked", curve),
+               "oracle (ceiling)": ("true relevance", "grade", None)}
+    ndcg: dict[str, float] = {}
+    for name, (_, labels, weights) in rankers.items():
+        with progress.status(f"training the {name} ranker…"):
+            data = ListDataModule.from_join(rows, experiment.features, labels=labels,
+                                            examination=weights, batch_size=512)
+            model = IPSListwise(data.n_features, ips=weights is not None)
+            fit(model, data, max_epochs=20)
+        ndcg[name] = experiment.judge(model, held_out).mean
+    scores = Table(title=f"rankers trained on the log, judged on {len(held_out.grades):,} "
+                   "new contexts")
+    for name in ("ranker", "learns from", "true nDCG@10", "of the oracle's"):
+        scores.add_column(name, justify="right")
+    for name, (source, _, _) in rankers.items():
+        scores.add_row(name, source, f"{ndcg[name]:.4f}",
+                       f"{ndcg[name] / ndcg['oracle (ceiling)']:.1%}")
+    console.print(scores)
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    positions = by_position["position"].to_numpy()
+    left.plot(positions, ctr / ctr[0], "o-", label="CTR / CTR@1 (logged)")
+    left.plot(positions, truth, "s--", label="true θ_k / θ_1")
+    left.plot(positions, curve, "^:", label="regression-EM estimate")
+    left.set_xticks(positions)
+    left.set(xlabel="position", ylabel="relative to position 1",
+             title="Position bias in the log")
+    left.legend()
+    right.bar(list(ndcg), list(ndcg.values()), color=["tab:gray", "tab:blue", "tab:green"])
+    low = min(ndcg.values())
+    right.set_ylim(low - 0.5 * (max(ndcg.values()) - low) - 1e-3, None)
+    right.set(ylabel="true nDCG@10 on new contexts", title="Naive against debiased")
     figure.tight_layout()
-    plot = workdir / "ctr_by_position.png"
+    plot = workdir / "quickstart.png"
     figure.savefig(plot, dpi=120)
     console.print(f"log store: {workdir / 'log'}   plot: {plot}")
     ok = counters.reconciles and counters.rejected == planted and \

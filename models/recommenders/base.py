@@ -89,13 +89,15 @@ class FactorizationModel(lightning.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, penalty = self.losses(batch)
         self.log("train_loss", loss, on_step=False, on_epoch=True,
-                 batch_size=len(batch["users"]))
+                 batch_size=len(batch["users"]), sync_dist=True)
         return loss + penalty
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         loss, _ = self.losses(batch)
+        # Synced: each process validates its share, and early stopping and the best epoch
+        # must be decided on the whole split, the same way by every process.
         self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=len(batch["users"]))
+                 batch_size=len(batch["users"]), sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         return torch.optim.Adam(self.parameters(), lr=self.hparams["lr"])

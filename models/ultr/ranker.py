@@ -85,13 +85,15 @@ class ListRanker(lightning.LightningModule):
         losses = self.losses(batch)
         for name, value in losses.items():
             self.log(f"train_{name}", value, on_step=False, on_epoch=True,
-                     batch_size=len(batch["labels"]))
+                     batch_size=len(batch["labels"]), sync_dist=True)
         return losses["loss"]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         for name, value in self.losses(batch).items():
+            # Synced: each process validates its share, and early stopping and the best
+            # epoch must be decided on the whole split, the same way by every process.
             self.log(f"val_{name}", value, on_step=False, on_epoch=True,
-                     prog_bar=name == "loss", batch_size=len(batch["labels"]))
+                     prog_bar=name == "loss", batch_size=len(batch["labels"]), sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         return torch.optim.Adam(self.parameters(), lr=self.hparams["lr"],

@@ -148,7 +148,11 @@ def test_quickstart_job_reconciles_end_to_end(tmp_path: Path) -> None:
     # Exit 0 means counters reconciled, every planted message reached the DLQ and every
     # resent duplicate was dropped; the report says so too.
     assert re.search(r"dead letters: ([1-9]\d*) of \1 planted", result.stdout)
-    assert (tmp_path / "run" / "ctr_by_position.png").stat().st_size > 10_000
+    assert (tmp_path / "run" / "quickstart.png").stat().st_size > 10_000
+    # The rankers' table: the propensity-weighted ranker above the naive one.
+    ndcg = dict(re.findall(r"│\s+(naive|propensity-weighted)\s+│[^│]+│\s+([0-9.]+)\s+│",
+                           result.stdout))
+    assert float(ndcg["propensity-weighted"]) > float(ndcg["naive"]), result.stdout[-3000:]
 
 
 def test_propensity_command_estimates_the_examination_curve_of_a_simulated_log(
@@ -214,9 +218,30 @@ def small_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (("train", "mf", "--batch-size", "0", "--out", "a"), "cannot train mf: "),
     (("train", "mf", "--devices", "abc", "--out", "a"), "cannot train mf: "),
     (("train", "mf", "--strategy", "bogus", "--out", "a"), "cannot train mf: "),
+    (("train", "mf", "--strategy", "ddp_spawn", "--out", "a"), "use --strategy ddp"),
 ])
 def test_bad_model_options_are_one_error_line(small_store: Path, tmp_path: Path,
                                               args: tuple[str, ...], words: str) -> None:
     result = clickloop(*args, "--data", str(small_store), cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith("error: ") and words in result.stderr, result.stderr
+
+
+@pytest.mark.slow
+def test_train_with_two_ddp_processes_reports_once_and_writes_one_artifact(
+        small_store: Path, tmp_path: Path) -> None:
+    """`--devices 2 --strategy ddp` on CPU (gloo): Lightning starts the second process by
+    running `python -m serving.cli train ...` again; only rank 0 reports and saves."""
+    from models.artifacts import load
+
+    trained = clickloop("train", "mf", "--data", str(small_store), "--out",
+                        str(tmp_path / "artifacts" / "mf"), "--epochs", "3", "--dim", "8",
+                        "--batch-size", "64", "--accelerator", "cpu", "--devices", "2",
+                        "--strategy", "ddp", "-q", cwd=tmp_path, timeout=240,
+                        env={"OMP_NUM_THREADS": "1", "COLUMNS": "1000"})  # one line
+    assert trained.returncode == 0 and "Traceback" not in trained.stderr, trained.stderr
+    lines = trained.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trained mf on 50 users"), trained.stdout
+    assert not trained.stderr.strip(), trained.stderr  # no rank's chatter either
+    artifact = load(tmp_path / "artifacts" / "mf", tmp_path / "artifacts", kind="mf")
+    assert artifact.metadata["metrics"]["val_loss"] > 0
