@@ -7,8 +7,12 @@ An artifact is a folder holding two files:
   ever read back, no pickle, no ``torch.load``);
 - ``metadata.json``: ``format``, ``format_version``, the model ``kind`` and its
   ``hyper_parameters``, the ``training_data`` range, the ``id_maps`` (index -> user and item
-  id), ``metrics``, and the name, dtype and shape of every tensor, with the size and SHA-256
-  of the weights file.
+  id; recommenders), the ``feature_names`` (list rankers: what each input column means),
+  ``metrics``, and the name, dtype and shape of every tensor, with the size and SHA-256 of
+  the weights file.
+
+Every model kind of :data:`models.recommenders.MODELS` and :data:`models.ultr.RANKERS` is
+an artifact kind.
 
 Each file is replaced atomically (:func:`ingest.atomic.write_atomic`), the weights first and
 the metadata last. A reader that comes in between sees new weights under old metadata; their
@@ -38,6 +42,7 @@ from safetensors.torch import save as save_tensors
 from ingest.atomic import write_atomic
 from models.data import InteractionDataModule
 from models.recommenders import MODELS, FactorizationModel
+from models.ultr import RANKERS, ListDataModule, ListRanker
 
 FORMAT = "clickloop.model"
 FORMAT_VERSION = 1
@@ -45,6 +50,10 @@ WEIGHTS_FILE = "weights.safetensors"
 METADATA_FILE = "metadata.json"
 
 PathLike = str | os.PathLike[str]
+Model = FactorizationModel | ListRanker
+
+#: Every model an artifact may hold, by kind.
+KINDS: dict[str, type[FactorizationModel] | type[ListRanker]] = {**MODELS, **RANKERS}
 
 
 class ArtifactError(ValueError):
@@ -59,7 +68,7 @@ class ArtifactError(ValueError):
 class Artifact:
     """A loaded model (in eval mode) with its metadata."""
 
-    model: FactorizationModel
+    model: Model
     metadata: dict[str, Any]
     path: Path
 
@@ -71,6 +80,10 @@ class Artifact:
     def item_ids(self) -> list[str] | None:
         return (self.metadata.get("id_maps") or {}).get("item_ids")
 
+    @property
+    def feature_names(self) -> list[str] | None:
+        return self.metadata.get("feature_names")
+
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
@@ -81,26 +94,39 @@ def _tensor_table(tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str, An
             for name, t in sorted(tensors.items())}
 
 
-def save(model: FactorizationModel, path: PathLike, *, data: InteractionDataModule | None = None,
+def _sizes(model: Model) -> dict[str, int]:
+    """The length each id map or name list of ``model`` must have."""
+    if isinstance(model, FactorizationModel):
+        return {"user_ids": model.n_users, "item_ids": model.n_items}
+    return {"feature_names": model.n_features}
+
+
+def save(model: Model, path: PathLike, *,
+         data: InteractionDataModule | ListDataModule | None = None,
          user_ids: Sequence[str] | None = None, item_ids: Sequence[str] | None = None,
+         feature_names: Sequence[str] | None = None,
          data_range: Mapping[str, Any] | None = None,
          metrics: Mapping[str, float] | None = None) -> Path:
     """Write ``model`` as an artifact in the folder ``path`` (created if needed) and return
     it. ``data`` supplies the id maps and the training data range unless they are given
-    explicitly; ``metrics`` are numbers such as a validation DCG."""
+    explicitly; ``feature_names`` name a list ranker's input columns; ``metrics`` are
+    numbers such as a validation DCG."""
     folder = Path(path)
     if data is not None:
-        user_ids = user_ids if user_ids is not None else data.user_ids
-        item_ids = item_ids if item_ids is not None else data.item_ids
+        user_ids = user_ids if user_ids is not None else getattr(data, "user_ids", None)
+        item_ids = item_ids if item_ids is not None else getattr(data, "item_ids", None)
         data_range = data_range if data_range is not None else data.data_range
-    for name, ids, size in (("user_ids", user_ids, model.n_users),
-                            ("item_ids", item_ids, model.n_items)):
-        if ids is not None and len(ids) != size:
-            raise ValueError(f"{name} has {len(ids)} entries; the model has {size}")
     kind = getattr(model, "kind", None)
-    if MODELS.get(kind) is not type(model):  # type: ignore[arg-type]
+    if KINDS.get(kind) is not type(model):  # type: ignore[arg-type]
         raise ValueError(f"{type(model).__name__} is not a model kind artifacts know "
-                         f"({', '.join(sorted(MODELS))})")
+                         f"({', '.join(sorted(KINDS))})")
+    given = {"user_ids": user_ids, "item_ids": item_ids, "feature_names": feature_names}
+    sizes = _sizes(model)
+    for name, ids in given.items():
+        if ids is not None and name not in sizes:
+            raise ValueError(f"{name} do not apply to a {kind!r} model")
+        if ids is not None and len(ids) != sizes[name]:
+            raise ValueError(f"{name} has {len(ids)} entries; the model has {sizes[name]}")
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
     blob = save_tensors(tensors)
     metadata = {
@@ -112,6 +138,7 @@ def save(model: FactorizationModel, path: PathLike, *, data: InteractionDataModu
         "id_maps": ({"user_ids": list(user_ids) if user_ids is not None else None,
                      "item_ids": list(item_ids) if item_ids is not None else None}
                     if user_ids is not None or item_ids is not None else None),
+        "feature_names": list(feature_names) if feature_names is not None else None,
         "metrics": {name: float(value) for name, value in (metrics or {}).items()},
         "tensors": _tensor_table(tensors),
         "weights": {"file": WEIGHTS_FILE, "bytes": len(blob),
@@ -152,9 +179,9 @@ def _read_metadata(file: Path, kind: str | None) -> dict[str, Any]:
     found_kind = metadata.get("kind")
     if kind is not None and found_kind != kind:
         raise ArtifactError(file, f"kind is {found_kind!r}, expected {kind!r}")
-    if found_kind not in MODELS:
+    if found_kind not in KINDS:
         raise ArtifactError(file, f"kind {found_kind!r} is unknown (known: "
-                                  f"{', '.join(sorted(MODELS))})")
+                                  f"{', '.join(sorted(KINDS))})")
     for key, expected in (("hyper_parameters", dict), ("tensors", dict), ("weights", dict)):
         if not isinstance(metadata.get(key), expected):
             raise ArtifactError(file, f"'{key}' is missing or not an object")
@@ -223,7 +250,7 @@ def load(path: PathLike, artifact_dir: PathLike, *, kind: str | None = None,
                                            "file name in the artifact folder")
     weights_file = _inside(folder / weights_name, root)
     tensors = _read_weights(weights_file, metadata["weights"])
-    model_class = MODELS[metadata["kind"]]
+    model_class = KINDS[metadata["kind"]]
     try:
         model = model_class(**metadata["hyper_parameters"])
     except (TypeError, ValueError) as error:
@@ -231,11 +258,12 @@ def load(path: PathLike, artifact_dir: PathLike, *, kind: str | None = None,
                                            f"{metadata['kind']!r} model: {error}") from None
     _check_tensors(weights_file, tensors, metadata["tensors"], model.state_dict())
     id_maps = metadata.get("id_maps") or {}
-    for name, size in (("user_ids", model.n_users), ("item_ids", model.n_items)):
-        ids = id_maps.get(name)
+    for name, size in _sizes(model).items():
+        ids, field = ((metadata.get(name), name) if name == "feature_names"
+                      else (id_maps.get(name), f"id_maps.{name}"))
         if ids is not None and len(ids) != size:
-            raise ArtifactError(metadata_file, f"id_maps.{name} has {len(ids)} entries; the "
-                                               f"model has {size}")
+            raise ArtifactError(metadata_file, f"{field} has {len(ids)} entries; the model "
+                                               f"has {size}")
     model.load_state_dict(tensors, strict=True)
     model.eval()
     return Artifact(model.to(device), metadata, folder)

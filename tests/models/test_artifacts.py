@@ -192,3 +192,33 @@ def test_save_refuses_id_maps_of_the_wrong_size(trained: tuple[RelMF, Interactio
     with pytest.raises(ValueError, match="user_ids has 2 entries; the model has 12"):
         save(trained[0], artifact_dir / "bad", user_ids=["a", "b"])
     assert not (artifact_dir / "bad" / METADATA_FILE).exists()
+
+
+def test_list_rankers_are_artifacts_too(artifact_dir: Path) -> None:
+    """The unbiased rankers save and load like the recommenders, with the names of their
+    input columns; DLA keeps its learned examination curve."""
+    from models.ultr import DLA, IPSListwise, ListDataModule
+    from models.ultr import fit as fit_ranker
+
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(32, 4, 3, generator=generator)
+    data = ListDataModule(features, (torch.rand(32, 4, generator=generator) < 0.3).float(),
+                          examination=[1.0, 0.6, 0.4, 0.3], batch_size=8,
+                          data_range={"first_ts": 1.0, "last_ts": 9.0})
+    names = ["bm25", "tfidf", "popularity"]
+    for model in (IPSListwise(3, hidden=(8,)), DLA(3, n_positions=4, hidden=(8,))):
+        fit_ranker(model, data, max_epochs=2)
+        folder = save(model, artifact_dir / model.kind, data=data, feature_names=names,
+                      metrics={"ndcg@10": 0.5})
+        artifact = load(folder, artifact_dir, kind=model.kind)
+        assert type(artifact.model) is type(model) and artifact.feature_names == names
+        assert artifact.metadata["training_data"] == {"first_ts": 1.0, "last_ts": 9.0}
+        assert torch.equal(artifact.model.score(features), model.score(features))
+    assert isinstance(artifact.model, DLA)
+    np.testing.assert_array_equal(artifact.model.examination_, model.examination_)
+    with pytest.raises(ValueError, match="feature_names has 2 entries; the model has 3"):
+        save(model, artifact_dir / "bad", feature_names=names[:2])
+    with pytest.raises(ValueError, match="user_ids do not apply to a 'dla' model"):
+        save(model, artifact_dir / "bad", user_ids=["u0"])
+    _edit_metadata(folder, lambda m: m.update(feature_names=names[:1]))
+    assert "feature_names has 1 entries; the model has 3" in str(_refusal(folder, artifact_dir))
