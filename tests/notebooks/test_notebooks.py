@@ -13,7 +13,8 @@ from tests.conftest import SHARED_DATA
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 FIGURES = {
     "ab_simulation": ["ab_cumulative.png"],
-    "debiasing": ["ctr_by_position.png", "item_estimates.png"],
+    "debiasing": ["ctr_by_position.png", "item_estimates.png", "ultr_ndcg.png",
+                  "examination_curve.png"],
     "replay_obd": ["obd_statistics.png"],
 }
 
