@@ -7,7 +7,8 @@ An artifact is a folder holding two files:
   ever read back, no pickle, no ``torch.load``);
 - ``metadata.json``: ``format``, ``format_version``, the model ``kind`` and its
   ``hyper_parameters``, the ``training_data`` range, the ``id_maps`` (index -> user and item
-  id; recommenders), the ``feature_names`` (list rankers: what each input column means),
+  id; recommenders), the ``feature_names`` and ``features`` (list rankers: what each input
+  column means and how it is computed),
   ``metrics``, and the name, dtype and shape of every tensor, with the size and SHA-256 of
   the weights file.
 
@@ -105,12 +106,14 @@ def save(model: Model, path: PathLike, *,
          data: InteractionDataModule | ListDataModule | None = None,
          user_ids: Sequence[str] | None = None, item_ids: Sequence[str] | None = None,
          feature_names: Sequence[str] | None = None,
+         features: Mapping[str, Any] | None = None,
          data_range: Mapping[str, Any] | None = None,
          metrics: Mapping[str, float] | None = None) -> Path:
     """Write ``model`` as an artifact in the folder ``path`` (created if needed) and return
     it. ``data`` supplies the id maps and the training data range unless they are given
-    explicitly; ``feature_names`` name a list ranker's input columns; ``metrics`` are
-    numbers such as a validation DCG."""
+    explicitly; ``feature_names`` name a list ranker's input columns and ``features``
+    (JSON-able) says how they are computed, so a scorer can compute them again; ``metrics``
+    are numbers such as a validation DCG."""
     folder = Path(path)
     if data is not None:
         user_ids = user_ids if user_ids is not None else getattr(data, "user_ids", None)
@@ -139,6 +142,7 @@ def save(model: Model, path: PathLike, *,
                      "item_ids": list(item_ids) if item_ids is not None else None}
                     if user_ids is not None or item_ids is not None else None),
         "feature_names": list(feature_names) if feature_names is not None else None,
+        "features": dict(features) if features is not None else None,
         "metrics": {name: float(value) for name, value in (metrics or {}).items()},
         "tensors": _tensor_table(tensors),
         "weights": {"file": WEIGHTS_FILE, "bytes": len(blob),

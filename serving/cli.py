@@ -311,6 +311,9 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    import numpy as np
+    import polars as pl
+
     from ingest.frames import LogBatch
     from ingest.validation import validate_batch
     from simulation.clicks import PositionBasedModel, examination
@@ -354,6 +357,14 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
                                      first_request=args.impressions)
             yield validate_batch(search.log.frames())
 
+    if args.catalog:
+        # What a shop knows of its items: ids and titles, no latent truth.
+        items = np.arange(world.n_items)
+        catalog = pl.DataFrame({"item_id": [f"i{i}" for i in items],
+                                "title": world.titles(items)})
+        Path(args.catalog).parent.mkdir(parents=True, exist_ok=True)
+        catalog.write_csv(args.catalog)
+        print(f"catalog of {world.n_items:,} items → {args.catalog}", file=sys.stderr)
     summary = _replay_to_target(
         args, settings, batches(), f"simulated {args.impressions:,} impressions "
         f"({args.policy}) and {args.search_sessions:,} search sessions → {args.to}")
@@ -448,22 +459,121 @@ def cmd_propensity(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _read_items(path: str, feature_columns: Sequence[str]) -> Any:
+    """The ``--items`` catalog: CSV or parquet with ``item_id``, ``title`` and the numeric
+    ``feature_columns``."""
+    import polars as pl
+
+    try:
+        items = (pl.read_parquet(path) if path.endswith(".parquet")
+                 else pl.read_csv(path, infer_schema_length=None))
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise CliError(f"--items {path}: cannot read it ({exc})") from None
+    for column in ("item_id", "title", *feature_columns):
+        if column not in items.columns:
+            raise CliError(f"--items {path} has no column {column!r} (it has "
+                           f"{', '.join(items.columns)})")
+    for column in feature_columns:
+        if not items[column].dtype.is_numeric():
+            raise CliError(f"--items {path}: column {column!r} is {items[column].dtype}, "
+                           "not numeric")
+    return items.with_columns(pl.col("item_id").cast(pl.String),
+                              pl.col("title").cast(pl.String).fill_null(""))
+
+
+def _examination_curve(args: argparse.Namespace, rows: Any, positions: int) -> Any:
+    """``--examination`` as given, or regression-EM's estimate from the log, which needs
+    (query, item) pairs shown at more than one position: a log whose engine always put the
+    same results in the same order cannot tell position from relevance."""
+    import numpy as np
+    import polars as pl
+
+    from models.propensity import RegressionEM
+
+    if args.examination:
+        try:
+            curve = np.array([float(v) for v in args.examination.split(",")])
+        except ValueError:
+            raise CliError(f"--examination={args.examination!r} must be comma-separated "
+                           "numbers") from None
+        if len(curve) < positions or not np.all((curve > 0) & (curve <= 1)):
+            raise CliError(f"--examination={args.examination!r} needs {positions} values in "
+                           "(0, 1], one per position shown")
+        return curve[:positions]
+    moved = rows.group_by("query", "item_id").agg(pl.col("position").n_unique() > 1)
+    if not moved["position"].any():
+        raise CliError(f"--data {args.data}: no (query, item) pair was shown at more than one "
+                       "position, so the log cannot tell position from relevance; give the "
+                       "curve with --examination (e.g. from a randomized experiment: "
+                       "clickloop propensity --reference-policy) or train dla")
+    return RegressionEM(n_positions=positions, key=("query", "item_id")).fit(rows).examination_
+
+
+def _ranker_data(args: argparse.Namespace, rows: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """A list ranker, its data and what the artifact records of its features, from the
+    search impressions of the join: per-slot text features of (query, title) and item
+    features from ``--items``, each click weighted by the examination curve
+    (:func:`_examination_curve`; DLA learns its own)."""
+    import hashlib
+
+    import polars as pl
+
+    from models.ultr import DLA, RANKERS, ListDataModule, QueryItemFeatures, join_features
+
+    if not args.items:
+        raise CliError(f"{args.model} ranks search results by query-item features: give the "
+                       "catalog with --items FILE (item_id, title)")
+    if args.positions < 1:
+        raise CliError(f"--positions={args.positions} must be at least 1")
+    columns = [c for c in (args.item_features or "").split(",") if c]
+    items = _read_items(args.items, columns)
+    rows = rows.filter(pl.col("query").is_not_null() & (pl.col("position") <= args.positions))
+    if not rows.height:
+        raise CliError(f"--data {args.data} holds no search impressions (with a query) to "
+                       "train a ranker on")
+    positions = int(rows["position"].max())
+    extractor = QueryItemFeatures(item_features=tuple(columns)).fit(items["title"])
+    features = join_features(extractor, dict(zip(items["item_id"], items["title"],
+                                                 strict=True)), items)
+    if args.model == DLA.kind:
+        data = ListDataModule.from_join(rows, features, n_positions=positions,
+                                        batch_size=args.batch_size, seed=args.seed)
+        model = DLA(data.n_features, n_positions=positions, lr=args.lr,
+                    weight_decay=args.weight_decay, seed=args.seed)
+        curve = None
+    else:
+        curve = _examination_curve(args, rows, positions)
+        data = ListDataModule.from_join(rows, features, n_positions=positions,
+                                        examination=curve, batch_size=args.batch_size,
+                                        seed=args.seed)
+        model = RANKERS[args.model](data.n_features, lr=args.lr,
+                                    weight_decay=args.weight_decay, seed=args.seed)
+    recorded = {"extractor": "QueryItemFeatures", "k1": extractor.k1, "b": extractor.b,
+                "ngram_range": list(extractor.ngram_range), "item_features": columns,
+                "catalog": {"file": Path(args.items).name, "sha256": hashlib.sha256(
+                    Path(args.items).read_bytes()).hexdigest()},
+                "examination": None if curve is None else [float(v) for v in curve]}
+    return model, data, {"feature_names": extractor.feature_names_, "features": recorded}
+
+
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     import polars as pl
     from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
     from ingest.joins import join_log
     from ingest.logstore import CHECKPOINT
-    from models.artifacts import save
+    from models.artifacts import KINDS, save
     from models.data import InteractionDataModule
     from models.propensity import popularity_propensity
     from models.recommenders import MODELS, RestoreBest, fit
+    from models.training import train
+    from models.ultr import DLA, RANKERS, ListDataModule
 
     if not args.verbose:  # Lightning announces devices, advertises and joins ranks at INFO
         logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
         logging.getLogger("lightning_fabric").setLevel(logging.WARNING)
-    if args.model not in MODELS:
-        raise CliError(f"MODEL={args.model!r} is not one of {', '.join(sorted(MODELS))}")
+    if args.model not in KINDS:
+        raise CliError(f"MODEL={args.model!r} is not one of {', '.join(sorted(KINDS))}")
     if not (Path(args.data) / CHECKPOINT).is_file():
         raise CliError(f"--data {args.data} is not a clickloop log store (no {CHECKPOINT})")
     if args.epochs < 1:
@@ -473,27 +583,35 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         # RestoreBest would never learn which epoch was kept, and the report would be wrong.
         raise CliError(f"--strategy={args.strategy!r} trains in child processes whose kept "
                        "epoch this command cannot report; use --strategy ddp")
-    model_class = MODELS[args.model]
     rows = join_log(args.data).collect()
     if not rows["clicked"].any():
         raise CliError(f"--data {args.data} holds no clicks to learn from")
-    # The exposure propensity of each item, from its clicks (Saito et al., WSDM 2020): what
-    # the propensity-weighted losses divide by; the others ignore it.
-    clicks = rows.filter("clicked").group_by("item_id").len()
+    lightning_options = dict(seed=args.seed, enable_progress_bar=not args.quiet,
+                             accelerator=args.accelerator, devices=args.devices,
+                             strategy=args.strategy)
     try:
-        exposure = clicks.with_columns(exposure=pl.Series(popularity_propensity(
-            clicks["len"].to_numpy(), args.eta))).select("item_id", "exposure")
-        rows = rows.join(exposure, on="item_id", how="left").with_columns(
-            pl.col("exposure").fill_null(1.0))
-        data = InteractionDataModule.from_join(rows, propensity="exposure",
-                                               mode=model_class.mode,
-                                               batch_size=args.batch_size, seed=args.seed)
-        model = model_class(data.n_users, data.n_items, dim=args.dim, lr=args.lr,
-                            weight_decay=args.weight_decay, seed=args.seed)
-        trainer = fit(model, data, max_epochs=args.epochs, patience=args.patience,
-                      seed=args.seed, enable_progress_bar=not args.quiet,
-                      accelerator=args.accelerator, devices=args.devices,
-                      strategy=args.strategy)
+        if args.model in RANKERS:
+            model, data, recorded = _ranker_data(args, rows)
+            monitor = None if isinstance(model, DLA) else "val_loss"
+            trainer = train(model, data, monitor, max_epochs=args.epochs,
+                            patience=args.patience, **lightning_options)
+        else:
+            model_class = MODELS[args.model]
+            # The exposure propensity of each item, from its clicks (Saito et al., WSDM
+            # 2020): what the propensity-weighted losses divide by; the others ignore it.
+            clicks = rows.filter("clicked").group_by("item_id").len()
+            exposure = clicks.with_columns(exposure=pl.Series(popularity_propensity(
+                clicks["len"].to_numpy(), args.eta))).select("item_id", "exposure")
+            rows = rows.join(exposure, on="item_id", how="left").with_columns(
+                pl.col("exposure").fill_null(1.0))
+            data = InteractionDataModule.from_join(rows, propensity="exposure",
+                                                   mode=model_class.mode,
+                                                   batch_size=args.batch_size, seed=args.seed)
+            model = model_class(data.n_users, data.n_items, dim=args.dim, lr=args.lr,
+                                weight_decay=args.weight_decay, seed=args.seed)
+            recorded = {}
+            trainer = fit(model, data, max_epochs=args.epochs, patience=args.patience,
+                          **lightning_options)
     except (ValueError, TypeError, ImportError, MisconfigurationException) as exc:
         # A hyper-parameter the model refuses, or a device Lightning cannot set up.
         raise CliError(f"cannot train {args.model}: {exc}") from None
@@ -506,19 +624,27 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     # command line.)
     if not trainer.is_global_zero:
         return 0
-    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()
+               if name.startswith("val_")}
     # The weights kept are the best epoch's (RestoreBest): report that epoch, not the last.
     best = next((c for c in trainer.callbacks if isinstance(c, RestoreBest)), None)
     epochs = f"{trainer.current_epoch} epochs"
     if best is not None and best.best_epoch is not None:
         metrics["val_loss"] = best.best
         epochs = f"best epoch {best.best_epoch + 1} of {trainer.current_epoch}"
-    metrics.pop("train_loss", None)  # the last epoch's, which the weights are not from
-    path = save(model, args.out, data=data, metrics=metrics)
-    results.print(f"trained {args.model} on {len(data.user_ids or []):,} users × "
-                  f"{len(data.item_ids or []):,} items ({epochs}; "
+    path = save(model, args.out, data=data, metrics=metrics, **recorded)
+    trained_on = (f"{data.n_lists:,} result lists with {data.n_features} features"
+                  if isinstance(data, ListDataModule) else
+                  f"{len(data.user_ids or []):,} users × {len(data.item_ids or []):,} items")
+    results.print(f"trained {args.model} on {trained_on} ({epochs}; "
                   + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
                   + f"); artifact: {path}")
+    curve = recorded.get("features", {}).get("examination") if recorded else None
+    if isinstance(model, DLA):
+        curve = [float(v) for v in model.examination_]
+    if curve is not None:
+        results.print("examination by position (relative to 1): "
+                      + " ".join(f"{v:.3f}" for v in curve))
     return 0
 
 
@@ -648,6 +774,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="position bias severity: examination = ULTR curve ** eta (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the world and the clicks "
                    "(default: 0)")
+    p.add_argument("--catalog", metavar="FILE",
+                   help="also write the catalog as CSV (item_id, title): the --items of "
+                   "clickloop train for a search ranker")
     p.set_defaults(func=cmd_simulate)
 
     p = commands.add_parser("dlq", help="show the dead letters with their reasons",
@@ -700,29 +829,46 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the plot goes (default: .clickloop/propensity.png)")
     p.set_defaults(func=cmd_propensity)
 
-    p = commands.add_parser("train", help="train a recommender from a log store",
-                            description="Train a recommender from the clicks of a parquet log "
-                            "store (one positive per clicked user-item pair; negatives sampled "
-                            "each epoch), with early stopping on a validation split, and write "
-                            "its artifact: safetensors weights and JSON metadata.")
+    p = commands.add_parser("train", help="train a recommender or a search ranker",
+                            description="Train a model from the clicks of a parquet log store, "
+                            "with early stopping on a validation split, and write its "
+                            "artifact: safetensors weights and JSON metadata. A recommender "
+                            "learns from one positive per clicked user-item pair (negatives "
+                            "sampled each epoch); a search ranker (ips-listwise, ips-pairwise, "
+                            "dla) from the result lists of the log's queries, with query-item "
+                            "text features, each click weighted by the examination curve of "
+                            "its position (DLA learns the curve itself).")
     p.add_argument("model", metavar="MODEL",
-                   help="the recommender: mf, bpr, rel-mf, or another kind in "
-                   "models.recommenders.MODELS")
+                   help="recommenders: mf, mf-mse, bpr, rel-mf, t-ce, r-ce, nbpo, pld; "
+                   "search rankers: ips-listwise, ips-pairwise, dla")
     p.add_argument("--data", required=True, metavar="DIR", help="the log store folder")
     p.add_argument("--out", required=True, metavar="DIR", help="the artifact folder to write")
     p.add_argument("--epochs", type=int, default=50, help="most epochs (default: 50)")
     p.add_argument("--patience", type=int, default=3,
                    help="epochs without a better validation loss before stopping (default: 3)")
-    p.add_argument("--dim", type=int, default=32, help="embedding size (default: 32)")
+    p.add_argument("--dim", type=int, default=32,
+                   help="recommenders: embedding size (default: 32)")
     p.add_argument("--lr", type=float, default=1e-2, help="learning rate (default: 0.01)")
     p.add_argument("--weight-decay", type=float, default=1e-4,
                    help="L2 on the embedding rows of each batch (default: 0.0001)")
     p.add_argument("--batch-size", type=int, default=1024,
-                   help="positives per batch, per process under DDP (see --devices) "
-                   "(default: 1024)")
+                   help="positives (recommenders) or result lists (rankers) per batch, per "
+                   "process under DDP (see --devices) (default: 1024)")
     p.add_argument("--eta", type=float, default=0.5,
-                   help="exponent of the items' popularity propensity, (n_i / max n) ** eta "
-                   "(default: 0.5)")
+                   help="recommenders: exponent of the items' popularity propensity, "
+                   "(n_i / max n) ** eta (default: 0.5)")
+    p.add_argument("--items", metavar="FILE",
+                   help="search rankers: the catalog, CSV or parquet with item_id and title "
+                   "(clickloop simulate --catalog writes one)")
+    p.add_argument("--item-features", metavar="COLUMNS",
+                   help="search rankers: comma-separated numeric columns of --items to use "
+                   "as features beside the text ones (default: none)")
+    p.add_argument("--positions", type=int, default=10,
+                   help="search rankers: learn from the top this many results (default: 10)")
+    p.add_argument("--examination", metavar="CURVE",
+                   help="ips-listwise, ips-pairwise: the examination curve, comma-separated, "
+                   "position 1 first (e.g. 1,0.6,0.45,...) (default: regression-EM on the log, "
+                   "which needs results shown at varying positions)")
     p.add_argument("--seed", type=int, default=0, help="seed of everything (default: 0)")
     p.add_argument("--accelerator", default="auto",
                    help="Lightning accelerator: auto, cpu or gpu (default: auto)")

@@ -200,6 +200,42 @@ def test_train_command_writes_an_artifact_that_loads(tmp_path: Path) -> None:
     assert unknown.returncode == 2 and "MODEL='nope' is not one of" in unknown.stderr
 
 
+def test_train_a_search_ranker_from_a_search_log_and_its_catalog(tmp_path: Path) -> None:
+    """The rankers learn from the log's result lists with text features of the catalog's
+    titles; the simulated engine always shows a query's results in one order, so the
+    position curve must be given, or learned by DLA, and the command says so."""
+    from models.artifacts import load
+
+    store, catalog = tmp_path / "sim", tmp_path / "items.csv"
+    simulated = clickloop("simulate", "--to", "parquet", "--out", str(store), "--impressions",
+                          "0", "--search-sessions", "1500", "--items", "500", "--users", "100",
+                          "--catalog", str(catalog), "-q", cwd=tmp_path)
+    assert simulated.returncode == 0, simulated.stderr
+    assert catalog.read_text().startswith("item_id,title\ni0,")
+    common = ("--data", str(store), "--items", str(catalog), "--epochs", "3", "-q")
+    unidentified = clickloop("train", "ips-listwise", *common, "--out", "x", cwd=tmp_path)
+    assert unidentified.returncode == 2
+    assert "cannot tell position from relevance" in unidentified.stderr, unidentified.stderr
+    curve = "1,0.9,0.7,0.5,0.41,0.29,0.16,0.15,0.12,0.09"
+    artifacts = tmp_path / "artifacts"
+    for kind, extra in (("ips-listwise", ("--examination", curve)), ("dla", ())):
+        trained = clickloop("train", kind, *common, *extra, "--out", str(artifacts / kind),
+                            cwd=tmp_path)
+        assert trained.returncode == 0, trained.stderr
+        assert re.search(rf"trained {kind} on [\d,]+ result lists with 3 features",
+                         trained.stdout), trained.stdout
+        assert "examination by position" in trained.stdout
+        artifact = load(artifacts / kind, artifacts, kind=kind)
+        assert artifact.feature_names == ["bm25", "tfidf_cosine", "token_overlap"]
+        assert artifact.metadata["features"]["catalog"]["file"] == "items.csv"
+    missing = clickloop("train", "dla", "--data", str(store), "--out", "x", cwd=tmp_path)
+    assert missing.returncode == 2 and "--items FILE" in missing.stderr
+    for bad, words in (("1,x", "must be comma-separated numbers"), ("1,0.5", "needs 10 values")):
+        refused = clickloop("train", "ips-pairwise", *common, "--examination", bad, "--out", "x",
+                            cwd=tmp_path)
+        assert refused.returncode == 2 and words in refused.stderr, refused.stderr
+
+
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("store") / "sim"
@@ -219,6 +255,7 @@ def small_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (("train", "mf", "--devices", "abc", "--out", "a"), "cannot train mf: "),
     (("train", "mf", "--strategy", "bogus", "--out", "a"), "cannot train mf: "),
     (("train", "mf", "--strategy", "ddp_spawn", "--out", "a"), "use --strategy ddp"),
+    (("train", "dla", "--items", "nowhere.csv", "--out", "a"), "--items nowhere.csv: cannot"),
 ])
 def test_bad_model_options_are_one_error_line(small_store: Path, tmp_path: Path,
                                               args: tuple[str, ...], words: str) -> None:
