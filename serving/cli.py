@@ -518,6 +518,7 @@ def _ranker_data(args: argparse.Namespace, rows: Any) -> tuple[Any, Any, dict[st
 
     import polars as pl
 
+    from models.targets import GradedTarget
     from models.ultr import DLA, RANKERS, ListDataModule, QueryItemFeatures, join_features
 
     if not args.items:
@@ -535,15 +536,18 @@ def _ranker_data(args: argparse.Namespace, rows: Any) -> tuple[Any, Any, dict[st
     extractor = QueryItemFeatures(item_features=tuple(columns)).fit(items["title"])
     features = join_features(extractor, dict(zip(items["item_id"], items["title"],
                                                  strict=True)), items)
+    labels = "clicked"
+    if args.target == "graded":
+        rows, labels = GradedTarget().with_grade(rows, name="graded"), "graded"
     if args.model == DLA.kind:
-        data = ListDataModule.from_join(rows, features, n_positions=positions,
+        data = ListDataModule.from_join(rows, features, labels=labels, n_positions=positions,
                                         batch_size=args.batch_size, seed=args.seed)
         model = DLA(data.n_features, n_positions=positions, lr=args.lr,
                     weight_decay=args.weight_decay, seed=args.seed)
         curve = None
     else:
         curve = _examination_curve(args, rows, positions)
-        data = ListDataModule.from_join(rows, features, n_positions=positions,
+        data = ListDataModule.from_join(rows, features, labels=labels, n_positions=positions,
                                         examination=curve, batch_size=args.batch_size,
                                         seed=args.seed)
         model = RANKERS[args.model](data.n_features, lr=args.lr,
@@ -552,7 +556,8 @@ def _ranker_data(args: argparse.Namespace, rows: Any) -> tuple[Any, Any, dict[st
                 "ngram_range": list(extractor.ngram_range), "item_features": columns,
                 "catalog": {"file": Path(args.items).name, "sha256": hashlib.sha256(
                     Path(args.items).read_bytes()).hexdigest()},
-                "examination": None if curve is None else [float(v) for v in curve]}
+                "examination": None if curve is None else [float(v) for v in curve],
+                "target": args.target}
     return model, data, {"feature_names": extractor.feature_names_, "features": recorded}
 
 
@@ -865,6 +870,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "as features beside the text ones (default: none)")
     p.add_argument("--positions", type=int, default=10,
                    help="search rankers: learn from the top this many results (default: 10)")
+    p.add_argument("--target", choices=["clicks", "graded"], default="clicks",
+                   help="search rankers: learn from clicks, or from graded targets: a click "
+                   "graded by its dwell, like and love above it, dislike and hide as "
+                   "negatives (models.targets.GradedTarget) (default: clicks)")
     p.add_argument("--examination", metavar="CURVE",
                    help="ips-listwise, ips-pairwise: the examination curve, comma-separated, "
                    "position 1 first (e.g. 1,0.6,0.45,...) (default: regression-EM on the log, "

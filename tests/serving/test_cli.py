@@ -218,7 +218,8 @@ def test_train_a_search_ranker_from_a_search_log_and_its_catalog(tmp_path: Path)
     assert "cannot tell position from relevance" in unidentified.stderr, unidentified.stderr
     curve = "1,0.9,0.7,0.5,0.41,0.29,0.16,0.15,0.12,0.09"
     artifacts = tmp_path / "artifacts"
-    for kind, extra in (("ips-listwise", ("--examination", curve)), ("dla", ())):
+    for kind, extra in (("ips-listwise", ("--examination", curve, "--target", "graded")),
+                        ("dla", ())):
         trained = clickloop("train", kind, *common, *extra, "--out", str(artifacts / kind),
                             cwd=tmp_path)
         assert trained.returncode == 0, trained.stderr
@@ -228,6 +229,7 @@ def test_train_a_search_ranker_from_a_search_log_and_its_catalog(tmp_path: Path)
         artifact = load(artifacts / kind, artifacts, kind=kind)
         assert artifact.feature_names == ["bm25", "tfidf_cosine", "token_overlap"]
         assert artifact.metadata["features"]["catalog"]["file"] == "items.csv"
+        assert artifact.metadata["features"]["target"] == ("graded" if extra else "clicks")
     missing = clickloop("train", "dla", "--data", str(store), "--out", "x", cwd=tmp_path)
     assert missing.returncode == 2 and "--items FILE" in missing.stderr
     for bad, words in (("1,x", "must be comma-separated numbers"), ("1,0.5", "needs 10 values")):
