@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from models.data import Batch, Mode
+from models.training import EpochLosses
 
 IndexLike = torch.Tensor | np.ndarray | Sequence[int]
 
@@ -29,7 +30,7 @@ def _as_index(values: IndexLike, device: torch.device) -> torch.Tensor:
                            else values, dtype=torch.long, device=device)
 
 
-class FactorizationModel(lightning.LightningModule):
+class FactorizationModel(EpochLosses, lightning.LightningModule):
     """Base class; see the module doc. ``weight_decay`` is an L2 penalty on the user, item
     and bias rows a batch uses, averaged over the batch: a penalty on the whole tables would
     shrink every row every step, and on a large catalog the many rarely seen rows would be
@@ -88,8 +89,7 @@ class FactorizationModel(lightning.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, penalty = self.losses(batch)
-        self.log("train_loss", loss, on_step=False, on_epoch=True,
-                 batch_size=len(batch["users"]), sync_dist=True)
+        self.add_train_losses({"loss": loss}, len(batch["users"]))
         return loss + penalty
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

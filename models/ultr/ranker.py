@@ -17,6 +17,7 @@ import pytorch_lightning as lightning
 import torch
 from torch import nn
 
+from models.training import EpochLosses
 from models.ultr.data import Batch
 
 
@@ -46,7 +47,7 @@ class Scorer(nn.Module):
         return self.layers(features).squeeze(-1)
 
 
-class ListRanker(lightning.LightningModule):
+class ListRanker(EpochLosses, lightning.LightningModule):
     """Base class; see the module doc. ``hidden``: the scorer's hidden layer sizes (``()``
     for a linear scorer); ``weight_decay``: Adam's L2 on the scorer's weights; ``seed``
     fixes the initial weights whatever else has drawn from the global generator."""
@@ -83,9 +84,7 @@ class ListRanker(lightning.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         losses = self.losses(batch)
-        for name, value in losses.items():
-            self.log(f"train_{name}", value, on_step=False, on_epoch=True,
-                     batch_size=len(batch["labels"]), sync_dist=True)
+        self.add_train_losses(losses, len(batch["labels"]))
         return losses["loss"]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
