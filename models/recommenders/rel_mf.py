@@ -51,8 +51,8 @@ def rel_mf_loss(logits: torch.Tensor, labels: torch.Tensor, propensities: torch.
 
 class RelMF(FactorizationModel):
     """See the module doc; pointwise batches with propensities (:mod:`models.data`).
-    ``clip`` is the propensity floor, ``form`` the per-pair loss. Trained on propensities
-    of 1 it is the naive squared-loss MF ("MF-MSE")."""
+    ``clip`` is the propensity floor, ``form`` the per-pair loss. Its naive counterpart,
+    the same loss with every propensity 1, is :class:`models.recommenders.mf_mse.MFMSE`."""
 
     kind = "rel-mf"
     mode = "pointwise"

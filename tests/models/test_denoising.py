@@ -30,8 +30,7 @@ from models.recommenders import (
     reweighted_bce_loss,
     truncated_bce_loss,
 )
-from ranking.metrics import mean_over_users, recall_at_k
-from simulation.world import World
+from simulation.implicit import FlippedPositives
 
 LN2 = math.log(2.0)
 
@@ -223,68 +222,31 @@ N_USERS, N_ITEMS, NOISE, K = 1000, 500, 0.2, 20
 EPOCHS, BATCH = 30, 1024
 
 
-def _flip(users: np.ndarray, items: np.ndarray, relevant: np.ndarray, share: float,
-          rng: np.random.Generator) -> np.ndarray:
-    """``items`` with ``share`` of the rows, drawn at random, replaced by a random item that
-    is not relevant to the row's user and not already one of their rows."""
-    items = items.copy()
-    taken = relevant.copy()
-    taken[users, items] = True
-    pending = rng.choice(len(users), size=round(share * len(users)), replace=False)
-    while len(pending):
-        drawn = rng.integers(0, relevant.shape[1], len(pending))
-        free = ~taken[users[pending], drawn]
-        # Two rows of one user drawing the same item: only the first takes it.
-        _, first = np.unique(users[pending] * relevant.shape[1] + drawn, return_index=True)
-        free &= np.isin(np.arange(len(pending)), first)
-        items[pending[free]] = drawn[free]
-        taken[users[pending[free]], drawn[free]] = True
-        pending = pending[~free]
-    return items
-
-
 @pytest.fixture(scope="module")
-def flipped_world() -> dict[str, np.ndarray]:
+def flipped_world() -> FlippedPositives:
     """Half of each user's relevant items (true grade >= 3) observed as training positives,
     the other half the test set; the noisy copy has 20% of the training rows replaced by
-    random irrelevant items of the same user."""
-    world = World(n_items=N_ITEMS, n_users=N_USERS, rank=8, seed=0)
-    grades = world.relevance(np.arange(N_USERS)[:, None],
-                             np.broadcast_to(np.arange(N_ITEMS), (N_USERS, N_ITEMS)))
-    relevant = grades >= 3
-    rng = np.random.default_rng(0)
-    users, items = np.nonzero(relevant)
-    observed = rng.random(len(users)) < 0.5
-    users, items = users[observed], items[observed]
-    noisy_items = _flip(users, items, relevant, NOISE, rng)
-    test = relevant.copy()
-    test[users, items] = False
+    random irrelevant items of the same user (:class:`simulation.implicit.FlippedPositives`)."""
+    return FlippedPositives(n_users=N_USERS, n_items=N_ITEMS, share=NOISE, seed=0)
+
+
+def _true_recall(model: FactorizationModel, world: FlippedPositives) -> float:
     # Both runs rank the same candidates: neither the clean nor the noisy training items.
-    seen = np.zeros_like(relevant)
-    seen[users, items] = seen[users, noisy_items] = True
-    return {"users": users, "clean": items, "noisy": noisy_items, "test": test,
-            "seen": seen}
-
-
-def _true_recall(model: FactorizationModel, test: np.ndarray, seen: np.ndarray) -> float:
-    exclude = tuple(np.ascontiguousarray(index) for index in np.nonzero(seen))
-    top, _ = model.recommend(np.arange(N_USERS), K, exclude=exclude)  # type: ignore[arg-type]
-    hits = np.take_along_axis(test, top.numpy(), axis=1)
-    n_relevant = test.sum(axis=1)
-    return mean_over_users(recall_at_k(hits, n_relevant, K), n_relevant)
+    top, _ = model.recommend(np.arange(N_USERS), K, exclude=world.excluded())
+    return world.recall(top.numpy(), K)
 
 
 def test_flipping_keeps_the_users_and_makes_a_fifth_of_the_rows_irrelevant(
-        flipped_world: dict[str, np.ndarray]) -> None:
-    users, clean, noisy = flipped_world["users"], flipped_world["clean"], flipped_world["noisy"]
+        flipped_world: FlippedPositives) -> None:
+    users, clean, noisy = flipped_world.users, flipped_world.clean, flipped_world.noisy
     flipped = clean != noisy
     assert flipped.sum() == round(NOISE * len(users))
-    assert not flipped_world["test"][users[flipped], noisy[flipped]].any()
+    assert not flipped_world.test[users[flipped], noisy[flipped]].any()
     assert len(np.unique(users * N_ITEMS + noisy)) == len(users)  # no duplicate pair
 
 
 def test_denoising_learners_lose_less_recall_to_flipped_positives_than_mf_and_bpr(
-        flipped_world: dict[str, np.ndarray], record_property: pytest.RecordProperty) -> None:
+        flipped_world: FlippedPositives, record_property: pytest.RecordProperty) -> None:
     """Every model trains on the clean and on the noisy positives with the same settings and
     is scored by Recall@20 of the held-out relevant items, from the world's true grades.
 
@@ -295,7 +257,7 @@ def test_denoising_learners_lose_less_recall_to_flipped_positives_than_mf_and_bp
     is the paper's default, 0.2. Every run trains a fixed number of epochs without a
     validation split: early stopping on a split that holds the same noise would itself
     denoise (stopping before the noise is memorized) and blur each method's own effect."""
-    users, test, seen = flipped_world["users"], flipped_world["test"], flipped_world["seen"]
+    users = flipped_world.users
     steps = EPOCHS * math.ceil(len(users) / BATCH)
     shared = dict(dim=16, lr=0.01, weight_decay=1e-4)
     learners: dict[str, tuple[type[FactorizationModel], dict[str, float]]] = {
@@ -310,12 +272,12 @@ def test_denoising_learners_lose_less_recall_to_flipped_positives_than_mf_and_bp
         recall[name] = {}
         for labels in ("clean", "noisy"):
             data = InteractionDataModule(
-                users, flipped_world[labels], n_users=N_USERS, n_items=N_ITEMS,
+                users, getattr(flipped_world, labels), n_users=N_USERS, n_items=N_ITEMS,
                 mode=model_class.mode, negatives=4 if model_class.mode == "pointwise" else 1,
                 batch_size=BATCH, val_fraction=0.0, seed=0)
             model = model_class(N_USERS, N_ITEMS, **shared, **own, seed=0)  # type: ignore
             fit(model, data, max_epochs=EPOCHS, seed=0, accelerator="cpu")
-            recall[name][labels] = _true_recall(model, test, seen)
+            recall[name][labels] = _true_recall(model, flipped_world)
         recall[name]["loss"] = recall[name]["clean"] - recall[name]["noisy"]
     record_property("true Recall@20", recall)
     print("true Recall@20, clean -> noisy (loss):")

@@ -16,12 +16,19 @@ from ingest.events import Click, Impression, Slot
 from ingest.frames import split_events
 from ingest.joins import impression_click_join
 from models.data import InteractionDataModule
-from models.recommenders import BPR, MF, RelMF, RestoreBest, bce_loss, bpr_loss, fit, rel_mf_loss
-from ranking.metrics import dcg_at_k
-from simulation.clicks import PositionBasedModel, examination
-from simulation.policies import EpsilonGreedyPolicy, popularity_policy
-from simulation.simulator import sample_candidates, simulate
-from simulation.world import World
+from models.recommenders import (
+    BPR,
+    MF,
+    MFMSE,
+    MODELS,
+    RelMF,
+    RestoreBest,
+    bce_loss,
+    bpr_loss,
+    fit,
+    rel_mf_loss,
+)
+from simulation.implicit import MNARExposure
 
 LN2 = math.log(2.0)
 
@@ -79,6 +86,23 @@ def test_rel_mf_loss_with_propensity_one_is_the_naive_loss() -> None:
     p = torch.sigmoid(logits)
     mse = torch.where(labels > 0, (1 - p) ** 2, p ** 2).mean()
     assert rel_mf_loss(logits, labels, ones).item() == pytest.approx(mse.item(), rel=1e-6)
+
+
+def test_mf_mse_is_rel_mf_with_every_propensity_one() -> None:
+    """Same weights, same batch: MF-MSE ignores the batch's propensities, Rel-MF divides by
+    them, and with propensities of 1 the two losses agree."""
+    users, items = torch.tensor([0, 1, 2]), torch.tensor([3, 1, 0])
+    batch = {"users": users, "items": items, "labels": torch.tensor([1.0, 0.0, 1.0]),
+             "propensities": torch.tensor([0.2, 1.0, 0.5]), "weights": torch.ones(3)}
+    mse, rel = MFMSE(3, 4, dim=2, seed=5), RelMF(3, 4, dim=2, seed=5)
+    with torch.no_grad():  # away from p = 1/2, where (1 - p)^2 = p^2 hides any weighting
+        mse.bias.fill_(1.5)
+        rel.bias.fill_(1.5)
+    assert MODELS["mf-mse"] is MFMSE
+    ones = dict(batch, propensities=torch.ones(3))
+    assert mse.losses(batch)[0].item() == pytest.approx(rel.losses(ones)[0].item(), rel=1e-6)
+    assert mse.losses(batch)[0].item() != pytest.approx(rel.losses(batch)[0].item(),
+                                                        rel=1e-3)
 
 
 def test_rel_mf_loss_refuses_an_unknown_form() -> None:
@@ -325,62 +349,32 @@ def test_score_and_recommend_are_vectorized_and_honour_exclusions() -> None:
 
 # --- Rel-MF against MF on simulated MNAR exposure -------------------------------------------
 
-def _dcg_at_5(grades: np.ndarray, scores: np.ndarray) -> float:
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :5]
-    return float(dcg_at_k(np.take_along_axis(grades, top, axis=1), 5).mean())
-
-
 def test_rel_mf_beats_mf_on_missing_not_at_random_exposure(
         record_property: pytest.RecordProperty) -> None:
     """A world where exposure follows popularity and relevance does not: candidates drawn
     by popularity, the most popular shown first (30% of requests in random order), clicks
-    by a position-based model. Clicks then mix exposure with relevance; naive MF learns both,
-    Rel-MF, with the true exposure propensities, relevance alone. Both train on the same
-    join with the same hyper-parameters; the true DCG@5 is measured on 50 uniformly random
-    items per user, graded by the world's true relevance."""
-    n_users, n_items, k, per_user = 500, 300, 10, 60
-    world = World(n_items=n_items, n_users=n_users, rank=4, popularity_weight=0.0, seed=0)
-    policy = EpsilonGreedyPolicy(popularity_policy(world), epsilon=0.3)
-    theta = examination(k)
-    users = np.random.default_rng(0).permutation(np.repeat(np.arange(n_users), per_user))
-    log = simulate(world, policy, PositionBasedModel(theta, noise_floor=0.0), n=len(users),
-                   k=k, candidates=50, users=users, seed=0)
-
-    # The true exposure: per impression, item i is examined with probability
-    # e_i = sum_p theta_p P(i shown at p), measured on fresh draws of the same exposure law
-    # (the popularity policy ignores the user); over a user's impressions the chance of
-    # having examined i at least once is 1 - (1 - e_i)^n.
-    rng = np.random.default_rng(1)
-    draws = 100_000
-    pools = sample_candidates(world, draws, 50, rng)
-    slates, _ = policy.rank_batch(np.zeros(draws, dtype=np.int64), pools, k, rng)
-    examined = np.bincount(slates.ravel(), np.tile(theta, draws), n_items) / draws
-    exposure = 1.0 - (1.0 - examined) ** per_user
-
-    frames = log.frames()
-    rows = impression_click_join(frames["impression"].lazy(), frames["click"].lazy()).collect()
-    catalog = dict(user_ids=[f"u{u}" for u in range(n_users)],
-                   item_ids=[f"i{i}" for i in range(n_items)])
-    rows = rows.join(pl.DataFrame({"item_id": catalog["item_ids"], "exposure": exposure}),
-                     on="item_id")
-    options = dict(negatives=4, batch_size=1024, seed=0, **catalog)
-
-    eval_rng = np.random.default_rng(2)
-    eval_items = np.argsort(eval_rng.random((n_users, n_items)), axis=1)[:, :50]
-    eval_users = np.arange(n_users)
-    grades = world.relevance(np.repeat(eval_users, 50), eval_items.ravel()).reshape(
-        n_users, 50)
+    by a position-based model (:class:`simulation.implicit.MNARExposure`). Clicks then mix
+    exposure with relevance; naive MF learns both, Rel-MF, with the true exposure
+    propensities, relevance alone. Both train on the same join with the same
+    hyper-parameters; the true DCG@5 is measured on 50 uniformly random items per user,
+    graded by the world's true relevance."""
+    setting = MNARExposure(n_users=500, n_items=300, k=10, per_user=60, epsilon=0.3, seed=0)
+    rows = setting.rows()
+    options = dict(negatives=4, batch_size=1024, seed=0, user_ids=setting.user_ids,
+                   item_ids=setting.item_ids)
+    eval_users = np.arange(setting.n_users)
 
     def true_dcg(model_class: type[MF] | type[RelMF], **extra: object) -> float:
         data = InteractionDataModule.from_join(
             rows, propensity="exposure" if model_class is RelMF else None,
             mode=model_class.mode, **options)  # type: ignore[arg-type]
-        model = model_class(n_users, n_items, dim=16, lr=0.01, weight_decay=1e-4, **extra)
+        model = model_class(setting.n_users, setting.n_items, dim=16, lr=0.01,
+                            weight_decay=1e-4, **extra)
         fit(model, data, max_epochs=40, patience=3, seed=0)
-        return _dcg_at_5(grades, model.score(eval_users, eval_items).numpy())
+        return setting.true_dcg_at_5(model.score(eval_users, setting.judged_items).numpy())
 
     mf, rel_mf = true_dcg(MF), true_dcg(RelMF, clip=0.05)
-    random_order = _dcg_at_5(grades, eval_rng.random(grades.shape))
+    random_order = setting.random_dcg_at_5()
     record_property("true DCG@5", {"MF": mf, "Rel-MF": rel_mf, "random": random_order})
     print(f"true DCG@5 on random items: MF {mf:.3f}, Rel-MF {rel_mf:.3f}, "
           f"random order {random_order:.3f}")
