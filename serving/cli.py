@@ -561,12 +561,36 @@ def _ranker_data(args: argparse.Namespace, rows: Any) -> tuple[Any, Any, dict[st
     return model, data, {"feature_names": extractor.feature_names_, "features": recorded}
 
 
+def _ratings_as_clicks(args: argparse.Namespace) -> Any:
+    """The training split of a ratings dataset as the join's clicked rows: a rating of at
+    least ``--threshold`` is a click (the test split is for ``benchmarks/debias.py``)."""
+    import polars as pl
+
+    from ingest.ratings import RatingsError, read_ratings
+
+    try:
+        ratings = read_ratings(args.data)
+    except RatingsError as exc:
+        raise CliError(str(exc)) from None
+    for file, rejected in ratings.rejected.items():
+        if rejected:
+            print(f"{file}: {len(rejected):,} rows rejected; the first, line "
+                  f"{rejected[0].line}: {rejected[0].reason}", file=sys.stderr)
+    train = ratings.train
+    return pl.DataFrame({
+        "user_id": ratings.user_ids[train["user"].to_numpy()].astype(str),
+        "item_id": ratings.item_ids[train["item"].to_numpy()].astype(str),
+        "clicked": (train["rating"] >= args.threshold).to_numpy(),
+    }).with_columns(pl.lit(None, dtype=pl.Float64).alias("ts"))
+
+
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     import polars as pl
     from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
     from ingest.joins import join_log
     from ingest.logstore import CHECKPOINT
+    from ingest.ratings import LAYOUTS
     from models.artifacts import KINDS, save
     from models.data import InteractionDataModule
     from models.propensity import popularity_propensity
@@ -579,8 +603,15 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         logging.getLogger("lightning_fabric").setLevel(logging.WARNING)
     if args.model not in KINDS:
         raise CliError(f"MODEL={args.model!r} is not one of {', '.join(sorted(KINDS))}")
-    if not (Path(args.data) / CHECKPOINT).is_file():
-        raise CliError(f"--data {args.data} is not a clickloop log store (no {CHECKPOINT})")
+    ratings = any((Path(args.data) / name).is_file()
+                  for files in LAYOUTS.values() for name in files)
+    if not ratings and not (Path(args.data) / CHECKPOINT).is_file():
+        raise CliError(f"--data {args.data} is neither a clickloop log store (no {CHECKPOINT}) "
+                       "nor a ratings dataset (train.ascii and test.ascii, or train.csv and "
+                       "test.csv)")
+    if ratings and args.model in RANKERS:
+        raise CliError(f"{args.model} learns from result lists; a ratings dataset trains the "
+                       f"recommenders ({', '.join(sorted(MODELS))})")
     if args.epochs < 1:
         raise CliError(f"--epochs={args.epochs} must be at least 1")
     if any(word in args.strategy for word in ("spawn", "fork", "notebook")):
@@ -588,7 +619,10 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         # RestoreBest would never learn which epoch was kept, and the report would be wrong.
         raise CliError(f"--strategy={args.strategy!r} trains in child processes whose kept "
                        "epoch this command cannot report; use --strategy ddp")
-    rows = join_log(args.data).collect()
+    if ratings:
+        rows = _ratings_as_clicks(args)
+    else:
+        rows = join_log(args.data).collect()
     if not rows["clicked"].any():
         raise CliError(f"--data {args.data} holds no clicks to learn from")
     lightning_options = dict(seed=args.seed, enable_progress_bar=not args.quiet,
@@ -846,8 +880,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL",
                    help="recommenders: mf, mf-mse, bpr, rel-mf, t-ce, r-ce, nbpo, pld; "
                    "search rankers: ips-listwise, ips-pairwise, dla")
-    p.add_argument("--data", required=True, metavar="DIR", help="the log store folder")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="a log store folder, or (recommenders) a ratings dataset: Coat's "
+                   "train.ascii and test.ascii, or train.csv and test.csv with header "
+                   "user,item,rating; its training split is used")
     p.add_argument("--out", required=True, metavar="DIR", help="the artifact folder to write")
+    p.add_argument("--threshold", type=int, default=4,
+                   help="ratings datasets: the lowest rating that counts as a click "
+                   "(default: 4)")
     p.add_argument("--epochs", type=int, default=50, help="most epochs (default: 50)")
     p.add_argument("--patience", type=int, default=3,
                    help="epochs without a better validation loss before stopping (default: 3)")

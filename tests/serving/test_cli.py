@@ -238,6 +238,28 @@ def test_train_a_search_ranker_from_a_search_log_and_its_catalog(tmp_path: Path)
         assert refused.returncode == 2 and words in refused.stderr, refused.stderr
 
 
+def test_train_a_recommender_on_a_ratings_dataset(tmp_path: Path) -> None:
+    """A triplet dataset with one bad row: the row is reported with its line and the
+    others train; ratings of 4 and up are the clicks."""
+    from models.artifacts import load
+
+    data = tmp_path / "ratings"
+    data.mkdir()
+    lines = ["user,item,rating"] + [f"{u},{(u * 7 + j) % 40},{1 + (u + j) % 5}"
+                                    for u in range(30) for j in range(8)]
+    (data / "train.csv").write_text("\n".join(lines[:5] + ["3,9,five"] + lines[5:]) + "\n")
+    (data / "test.csv").write_text("\n".join(lines[:50]) + "\n")
+    trained = clickloop("train", "bpr", "--data", str(data), "--out", str(tmp_path / "a" / "bpr"),
+                        "--epochs", "2", "--dim", "4", "-q", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert "train.csv: 1 rows rejected; the first, line 6:" in trained.stderr
+    assert "five" in trained.stderr and "trained bpr on 30 users" in trained.stdout
+    artifact = load(tmp_path / "a" / "bpr", tmp_path / "a", kind="bpr")
+    assert sorted(artifact.user_ids or [], key=int) == [str(u) for u in range(30)]
+    ranker = clickloop("train", "dla", "--data", str(data), "--out", "x", cwd=tmp_path)
+    assert ranker.returncode == 2 and "a ratings dataset trains the recommenders" in ranker.stderr
+
+
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("store") / "sim"
