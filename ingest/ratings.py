@@ -7,7 +7,7 @@ Two layouts of a dataset folder are read:
 - **dense** (Coat's): ``train.ascii`` and ``test.ascii``, whitespace-separated matrices, row =
   user, column = item (both counted from 0), the cell the rating and 0 = unobserved;
 - **triplets**: ``train.csv`` and ``test.csv`` with the header ``user,item,rating`` (in any
-  column order), one rating a row, ids any non-negative integers.
+  column order), one rating a row, ids any integers.
 
 :func:`read_ratings` returns a :class:`Ratings`: both splits as polars frames with columns
 ``user``, ``item`` (contiguous indices shared by the two splits: the sorted union of the ids
@@ -160,10 +160,13 @@ def _lines(path: Path) -> pl.DataFrame:
 
 
 def _integers(cells: pl.Expr) -> pl.Expr:
-    """Text cells as integers, null where a cell is not one (``4`` and ``4.0`` pass, ``4.5``
-    and ``x`` do not)."""
-    number = cells.str.strip_chars().cast(pl.Float64, strict=False)
-    return pl.when(number == number.floor()).then(number).cast(pl.Int64, strict=False)
+    """Text cells as integers, null where a cell is not one (``4``, ``-3`` and ``4.0`` pass,
+    ``4.5`` and ``x`` do not). Integer text is read as such, exactly: through a float, ids
+    past 2^53 would merge with their neighbours."""
+    text = cells.str.strip_chars()
+    number = text.cast(pl.Float64, strict=False)
+    whole = pl.when(number == number.floor()).then(number).cast(pl.Int64, strict=False)
+    return pl.coalesce(text.cast(pl.Int64, strict=False), whole)
 
 
 def _quoted(value: pl.Expr) -> pl.Expr:
@@ -213,7 +216,7 @@ def read_dense(path: str | os.PathLike[str]) -> Split:
 
 def read_triplets(path: str | os.PathLike[str]) -> Split:
     """A ``user,item,rating`` CSV file (see the module doc). A row is rejected if it has
-    another number of cells than the header, an id that is not an integer >= 0, a rating
+    another number of cells than the header, an id that is not an integer, a rating
     that is not an integer, or a (user, item) pair an earlier row rated."""
     path = Path(path)
     lines = _lines(path)
@@ -232,10 +235,8 @@ def read_triplets(path: str | os.PathLike[str]) -> Split:
     checks = [(pl.col("count") != len(header),
                pl.format("has {} cells; the header has {}", pl.col("count"), pl.lit(len(header))))]
     for column in COLUMNS:
-        rule = "an integer" if column == "rating" else "an integer id >= 0"
+        rule = "an integer" if column == "rating" else "an integer id"
         bad = pl.col(column).is_null()
-        if column != "rating":
-            bad = bad | (pl.col(column) < 0)
         checks.append((bad, pl.concat_str(pl.lit(f"column {column!r}="),
                                           _quoted(pl.col(f"{column}\x00")),
                                           pl.lit(f" is not {rule}"))))

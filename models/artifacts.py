@@ -189,6 +189,15 @@ def _read_metadata(file: Path, kind: str | None) -> dict[str, Any]:
     for key, expected in (("hyper_parameters", dict), ("tensors", dict), ("weights", dict)):
         if not isinstance(metadata.get(key), expected):
             raise ArtifactError(file, f"'{key}' is missing or not an object")
+    for key in ("id_maps", "features"):
+        if not isinstance(metadata.get(key), dict | None):
+            raise ArtifactError(file, f"'{key}' must be an object or null")
+    names = {"feature_names": metadata.get("feature_names"),
+             **{f"id_maps.{k}": v for k, v in (metadata.get("id_maps") or {}).items()}}
+    for key, value in names.items():
+        if value is not None and not (isinstance(value, list)
+                                      and all(isinstance(v, str) for v in value)):
+            raise ArtifactError(file, f"'{key}' must be a list of strings or null")
     return metadata
 
 

@@ -310,6 +310,11 @@ class InteractionDataModule(PreBatchedDataModule):
         self.train: InteractionBatches | None = None
         self.val: InteractionBatches | None = None
 
+    @property
+    def n_interactions(self) -> int:
+        """Rows given, training and validation together (before negatives)."""
+        return len(self._rows[0])
+
     @classmethod
     def from_join(cls, rows: pl.DataFrame | pl.LazyFrame, *, propensity: str | None = None,
                   unclicked: bool = False, user_ids: Sequence[str] | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -552,8 +553,7 @@ def _ranker_data(args: argparse.Namespace, rows: Any) -> tuple[Any, Any, dict[st
                                         seed=args.seed)
         model = RANKERS[args.model](data.n_features, lr=args.lr,
                                     weight_decay=args.weight_decay, seed=args.seed)
-    recorded = {"extractor": "QueryItemFeatures", "k1": extractor.k1, "b": extractor.b,
-                "ngram_range": list(extractor.ngram_range), "item_features": columns,
+    recorded = {"extractor": "QueryItemFeatures", "params": extractor.get_params(),
                 "catalog": {"file": Path(args.items).name, "sha256": hashlib.sha256(
                     Path(args.items).read_bytes()).hexdigest()},
                 "examination": None if curve is None else [float(v) for v in curve],
@@ -573,7 +573,8 @@ def _ratings_as_clicks(args: argparse.Namespace) -> Any:
     except RatingsError as exc:
         raise CliError(str(exc)) from None
     for file, rejected in ratings.rejected.items():
-        if rejected:
+        # Under DDP every process reads the data; the first reports.
+        if rejected and os.environ.get("LOCAL_RANK", "0") == "0":
             print(f"{file}: {len(rejected):,} rows rejected; the first, line "
                   f"{rejected[0].line}: {rejected[0].reason}", file=sys.stderr)
     train = ratings.train
@@ -595,8 +596,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from models.data import InteractionDataModule
     from models.propensity import popularity_propensity
     from models.recommenders import MODELS, RestoreBest, fit
-    from models.training import train
     from models.ultr import DLA, RANKERS, ListDataModule
+    from models.ultr import fit as fit_ranker
 
     if not args.verbose:  # Lightning announces devices, advertises and joins ranks at INFO
         logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
@@ -614,6 +615,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                        f"recommenders ({', '.join(sorted(MODELS))})")
     if args.epochs < 1:
         raise CliError(f"--epochs={args.epochs} must be at least 1")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise CliError(f"--out {args.out} is a file; the artifact is a folder")
     if any(word in args.strategy for word in ("spawn", "fork", "notebook")):
         # Those train in child processes that hand back only the weights: this process's
         # RestoreBest would never learn which epoch was kept, and the report would be wrong.
@@ -631,9 +634,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.model in RANKERS:
             model, data, recorded = _ranker_data(args, rows)
-            monitor = None if isinstance(model, DLA) else "val_loss"
-            trainer = train(model, data, monitor, max_epochs=args.epochs,
-                            patience=args.patience, **lightning_options)
+            trainer = fit_ranker(model, data, max_epochs=args.epochs, patience=args.patience,
+                                 **lightning_options)
         else:
             model_class = MODELS[args.model]
             # The exposure propensity of each item, from its clicks (Saito et al., WSDM
@@ -674,7 +676,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     path = save(model, args.out, data=data, metrics=metrics, **recorded)
     trained_on = (f"{data.n_lists:,} result lists with {data.n_features} features"
                   if isinstance(data, ListDataModule) else
-                  f"{len(data.user_ids or []):,} users × {len(data.item_ids or []):,} items")
+                  f"{data.n_interactions:,} clicked pairs of {len(data.user_ids or []):,} "
+                  f"users × {len(data.item_ids or []):,} items")
     results.print(f"trained {args.model} on {trained_on} ({epochs}; "
                   + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
                   + f"); artifact: {path}")
@@ -890,7 +893,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: 4)")
     p.add_argument("--epochs", type=int, default=50, help="most epochs (default: 50)")
     p.add_argument("--patience", type=int, default=3,
-                   help="epochs without a better validation loss before stopping (default: 3)")
+                   help="epochs without a better validation loss before stopping; dla, whose "
+                   "losses are weighted by moving estimates, trains all --epochs (default: 3)")
     p.add_argument("--dim", type=int, default=32,
                    help="recommenders: embedding size (default: 32)")
     p.add_argument("--lr", type=float, default=1e-2, help="learning rate (default: 0.01)")

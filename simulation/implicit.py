@@ -36,6 +36,12 @@ def flip_rows(users: np.ndarray, items: np.ndarray, relevant: np.ndarray, share:
     taken = relevant.copy()
     taken[users, items] = True
     pending = rng.choice(len(users), size=round(share * len(users)), replace=False)
+    wanted = np.bincount(users[pending], minlength=relevant.shape[0])
+    free = relevant.shape[1] - taken.sum(axis=1)
+    if (wanted > free).any():
+        user = int(np.argmax(wanted > free))
+        raise ValueError(f"share={share} must leave every user enough items to flip to: user "
+                         f"{user} needs {wanted[user]}, has {free[user]} free")
     while len(pending):
         drawn = rng.integers(0, relevant.shape[1], len(pending))
         free = ~taken[users[pending], drawn]

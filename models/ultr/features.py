@@ -41,7 +41,7 @@ products, so a log of many slots with few distinct strings costs little.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import polars as pl
@@ -97,6 +97,13 @@ class QueryItemFeatures:
                              f"other than {', '.join(TEXT_FEATURES)}")
         self.k1, self.b, self.ngram_range = k1, b, (low, high)
         self.item_features = tuple(item_features)
+
+    def get_params(self) -> dict[str, Any]:
+        """The hyper-parameters, JSON-able: with the same catalog titles,
+        ``QueryItemFeatures(**params).fit(titles)`` computes the same features again (what
+        an artifact records so that a scorer can)."""
+        return {"k1": self.k1, "b": self.b, "ngram_range": list(self.ngram_range),
+                "item_features": list(self.item_features)}
 
     def fit(self, titles: Sequence[str] | pl.Series) -> Self:
         """Learn the catalog's statistics from its ``titles`` (one per item)."""

@@ -64,20 +64,22 @@ def test_bad_triplet_rows_are_rejected_with_line_column_and_value(tmp_path: Path
     path.write_text("user,item,rating\n"
                     "1,2,4\n"          # 2: good
                     "1,3,4.5\n"        # 3: rating not an integer
-                    "-1,3,4\n"         # 4: negative id
+                    "-1,3,4\n"         # 4: good: ids are any integers
                     "1,3\n"            # 5: a cell short
                     "\n"               # 6: blank, skipped
                     "2,x,1\n"          # 7: id not an integer
                     "1,2,5\n"          # 8: a pair rated already
                     "2,3,4.0,9\n"      # 9: a cell too many
-                    " 3 , 4 , 2.0 \n")  # 10: good (spaces and 2.0 pass)
+                    " 3 , 4 , 2.0 \n"  # 10: good (spaces and 2.0 pass)
+                    "9007199254740993,1,3\n"   # 11, 12: ids past 2^53 stay apart
+                    "9007199254740992,1,3\n")
     split = read_triplets(path)
-    assert split.frame.rows() == [(1, 2, 4), (3, 4, 2)]
+    assert split.frame.rows() == [(1, 2, 4), (-1, 3, 4), (3, 4, 2), (9007199254740993, 1, 3),
+                                  (9007199254740992, 1, 3)]
     assert split.rejected == (
         RejectedRow(3, "column 'rating'='4.5' is not an integer", "1,3,4.5"),
-        RejectedRow(4, "column 'user'='-1' is not an integer id >= 0", "-1,3,4"),
         RejectedRow(5, "has 2 cells; the header has 3", "1,3"),
-        RejectedRow(7, "column 'item'='x' is not an integer id >= 0", "2,x,1"),
+        RejectedRow(7, "column 'item'='x' is not an integer id", "2,x,1"),
         RejectedRow(8, "(user, item)=(1, 2) was rated at line 2 already", "1,2,5"),
         RejectedRow(9, "has 4 cells; the header has 3", "2,3,4.0,9"),
     )

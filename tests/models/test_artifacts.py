@@ -222,3 +222,11 @@ def test_list_rankers_are_artifacts_too(artifact_dir: Path) -> None:
         save(model, artifact_dir / "bad", user_ids=["u0"])
     _edit_metadata(folder, lambda m: m.update(feature_names=names[:1]))
     assert "feature_names has 1 entries; the model has 3" in str(_refusal(folder, artifact_dir))
+    for change, words in ((dict(feature_names=5), "'feature_names' must be a list of strings"),
+                          (dict(feature_names="abc"), "'feature_names' must be a list"),
+                          (dict(id_maps="xyz"), "'id_maps' must be an object or null"),
+                          (dict(id_maps={"item_ids": [1]}), "'id_maps.item_ids' must be"),
+                          (dict(features=[1]), "'features' must be an object or null")):
+        base = dict(feature_names=names, id_maps=None, features=None)
+        _edit_metadata(folder, lambda m, change=change: m.update(base, **change))
+        assert words in str(_refusal(folder, artifact_dir))

@@ -357,7 +357,8 @@ def test_rel_mf_beats_mf_on_missing_not_at_random_exposure(
     exposure with relevance; naive MF learns both, Rel-MF, with the true exposure
     propensities, relevance alone. Both train on the same join with the same
     hyper-parameters; the true DCG@5 is measured on 50 uniformly random items per user,
-    graded by the world's true relevance."""
+    graded by the world's true relevance. Measured: MF 2.90, Rel-MF 3.52 (a random order
+    2.18); the bound is Rel-MF above both."""
     setting = MNARExposure(n_users=500, n_items=300, k=10, per_user=60, epsilon=0.3, seed=0)
     rows = setting.rows()
     options = dict(negatives=4, batch_size=1024, seed=0, user_ids=setting.user_ids,

@@ -192,7 +192,8 @@ def test_train_command_writes_an_artifact_that_loads(tmp_path: Path) -> None:
                         str(tmp_path / "artifacts" / "rel-mf"), "--epochs", "2", "--dim", "8",
                         "-q", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
-    assert "trained rel-mf on 50 users" in trained.stdout and "val_loss" in trained.stdout
+    assert re.search(r"trained rel-mf on [\d,]+ clicked pairs of 50 users", trained.stdout)
+    assert "val_loss" in trained.stdout
     assert "GPU available" not in trained.stderr  # Lightning's chatter stays out
     artifact = load(tmp_path / "artifacts" / "rel-mf", tmp_path / "artifacts", kind="rel-mf")
     assert len(artifact.user_ids or []) == 50 and artifact.metadata["metrics"]["val_loss"] > 0
@@ -253,11 +254,24 @@ def test_train_a_recommender_on_a_ratings_dataset(tmp_path: Path) -> None:
                         "--epochs", "2", "--dim", "4", "-q", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
     assert "train.csv: 1 rows rejected; the first, line 6:" in trained.stderr
-    assert "five" in trained.stderr and "trained bpr on 30 users" in trained.stdout
+    assert "five" in trained.stderr
     artifact = load(tmp_path / "a" / "bpr", tmp_path / "a", kind="bpr")
     assert sorted(artifact.user_ids or [], key=int) == [str(u) for u in range(30)]
     ranker = clickloop("train", "dla", "--data", str(data), "--out", "x", cwd=tmp_path)
     assert ranker.returncode == 2 and "a ratings dataset trains the recommenders" in ranker.stderr
+    # Ratings of 4 and up are the clicks: the artifact knows only users who gave one.
+    strict = clickloop("train", "mf", "--data", str(data), "--threshold", "5", "--out",
+                       str(tmp_path / "a" / "mf"), "--epochs", "1", "--dim", "4", "-q",
+                       cwd=tmp_path)
+    assert strict.returncode == 0, strict.stderr
+    fives = sum(line.endswith(",5") for line in lines[1:])
+    fours = sum(line.endswith(",4") for line in lines[1:])
+    assert f"trained mf on {fives} clicked pairs of 30 users" in strict.stdout, strict.stdout
+    assert f"trained bpr on {fives + fours} clicked pairs of 30 users" in trained.stdout
+    (tmp_path / "file").write_text("")
+    refused = clickloop("train", "mf", "--data", str(data), "--out", str(tmp_path / "file"),
+                        cwd=tmp_path)
+    assert refused.returncode == 2 and "is a file; the artifact is a folder" in refused.stderr
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +316,8 @@ def test_train_with_two_ddp_processes_reports_once_and_writes_one_artifact(
                         env={"OMP_NUM_THREADS": "1", "COLUMNS": "1000"})  # one line
     assert trained.returncode == 0 and "Traceback" not in trained.stderr, trained.stderr
     lines = trained.stdout.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("trained mf on 50 users"), trained.stdout
+    assert len(lines) == 1 and re.match(r"trained mf on [\d,]+ clicked pairs of 50 users",
+                                        lines[0]), trained.stdout
     assert not trained.stderr.strip(), trained.stderr  # no rank's chatter either
     artifact = load(tmp_path / "artifacts" / "mf", tmp_path / "artifacts", kind="mf")
     assert artifact.metadata["metrics"]["val_loss"] > 0
