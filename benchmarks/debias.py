@@ -84,8 +84,7 @@ from ingest.ratings import Ratings, RatingsError, read_ratings  # noqa: E402
 from models.data import InteractionDataModule  # noqa: E402
 from models.propensity.popularity import popularity_propensity  # noqa: E402
 from models.recommenders import MF, MODELS, FactorizationModel, fit  # noqa: E402
-from models.ultr import DLA, IPSListwise, ListDataModule  # noqa: E402
-from models.ultr import fit as fit_ranker  # noqa: E402
+from models.ultr import DLA, IPSListwise  # noqa: E402
 from ranking.metrics import (  # noqa: E402
     average_precision_at_k,
     dcg_at_k,
@@ -491,10 +490,8 @@ def ultr_section(budget: Budget, etas: Sequence[float] = ETAS,
     for eta in etas:
         experiment = RankingExperiment(eta=eta)
         rows = experiment.rows(experiment.log(budget.ultr_lists))
-        clicks = ListDataModule.from_join(rows, experiment.features,
-                                          examination=experiment.examination, batch_size=512)
-        truth = ListDataModule.from_join(rows, experiment.features, labels="grade",
-                                         batch_size=512)
+        clicks = experiment.lists(rows, examination=experiment.examination)
+        truth = experiment.lists(rows, labels="grade")
         held_out = experiment.held_out(budget.ultr_contexts)
         n = clicks.n_features
         # The naive ranker and DLA ignore the propensities the click lists carry.
@@ -503,9 +500,10 @@ def ultr_section(budget: Budget, etas: Sequence[float] = ETAS,
                    "dla": (DLA(n, n_positions=experiment.k, exam_lr=3e-2), clicks),
                    "oracle": (IPSListwise(n, ips=False), truth)}
         scores: dict[str, Any] = {}
-        for method, (ranker, data) in rankers.items():
-            fit_ranker(ranker, data, max_epochs=budget.ultr_epochs)
-            scores[method] = experiment.judge(ranker, held_out).mean
+        for method, pair in rankers.items():
+            judged = experiment.train_and_judge({method: pair}, held_out,
+                                                max_epochs=budget.ultr_epochs)
+            scores[method] = judged[method].mean
             advance(progress, task, f"unbiased LTR: eta {eta:g}, {method}")
         result[eta_key(eta)] = scores
     return result

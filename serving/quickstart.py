@@ -35,7 +35,7 @@ from ingest.logstore import ParquetLogStore  # noqa: E402
 from ingest.producer import EventProducer  # noqa: E402
 from ingest.settings import Settings  # noqa: E402
 from models.propensity import RegressionEM  # noqa: E402
-from models.ultr import IPSListwise, ListDataModule, fit  # noqa: E402
+from models.ultr import IPSListwise  # noqa: E402
 from simulation.ltr import RankingExperiment  # noqa: E402
 
 #: Bad messages planted in the stream, one of each kind per this many good events.
@@ -143,11 +143,10 @@ def run_quickstart(settings: Settings, *, impressions: int, workdir: str | Path,
     ndcg: dict[str, float] = {}
     for name, (_, labels, weights) in rankers.items():
         with progress.status(f"training the {name} ranker…"):
-            data = ListDataModule.from_join(rows, experiment.features, labels=labels,
-                                            examination=weights, batch_size=512)
+            data = experiment.lists(rows, labels=labels, examination=weights)
             model = IPSListwise(data.n_features, ips=weights is not None)
-            fit(model, data, max_epochs=20)
-        ndcg[name] = experiment.judge(model, held_out).mean
+            judged = experiment.train_and_judge({name: (model, data)}, held_out, max_epochs=20)
+        ndcg[name] = judged[name].mean
     scores = Table(title=f"rankers trained on the log, judged on {len(held_out.grades):,} "
                    "new contexts")
     for name in ("ranker", "learns from", "true nDCG@10", "of the oracle's"):

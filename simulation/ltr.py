@@ -25,6 +25,7 @@ Users ``0 .. train_users - 1`` appear in logs; the rest are the held-out context
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Protocol
@@ -33,6 +34,7 @@ import numpy as np
 import polars as pl
 
 from ingest.joins import impression_click_join
+from models.ultr import ListDataModule, ListRanker, fit
 from ranking.metrics import mean_over_users, ndcg_at_k
 from simulation.clicks import PositionBasedModel, examination
 from simulation.hashing import hash_normal
@@ -158,6 +160,27 @@ class RankingExperiment:
         candidates = sample_candidates(self.world, n_contexts, n_candidates, rng)
         return HeldOut(self.features_of(users[:, None], candidates),
                        self.world.relevance(users[:, None], candidates).astype(np.float64))
+
+    def lists(self, rows: pl.DataFrame, labels: str = "clicked",
+              examination: np.ndarray | None = None, batch_size: int = 512, seed: int = 0
+              ) -> ListDataModule:
+        """The slates of ``rows`` as training lists with this setting's features: ``labels``
+        the target column (``"grade"`` for an oracle), ``examination`` the curve whose
+        inverse weights each click (None: unweighted)."""
+        return ListDataModule.from_join(rows, self.features, labels=labels,
+                                        examination=examination, batch_size=batch_size,
+                                        seed=seed)
+
+    def train_and_judge(self, rankers: Mapping[str, tuple[ListRanker, ListDataModule]],
+                        held_out: HeldOut, *, max_epochs: int = 30, seed: int = 0,
+                        k: int = 10) -> dict[str, Judgement]:
+        """Fit each named (ranker, lists) pair and judge it on ``held_out`` by true nDCG@k,
+        in the order given."""
+        judged = {}
+        for name, (ranker, data) in rankers.items():
+            fit(ranker, data, max_epochs=max_epochs, seed=seed)
+            judged[name] = self.judge(ranker, held_out, k)
+        return judged
 
     @staticmethod
     def judge(ranker: Ranker, held_out: HeldOut, k: int = 10) -> Judgement:

@@ -333,22 +333,17 @@ def trained() -> Trained:
     experiment = RankingExperiment(eta=1.0)
     assert np.allclose(experiment.examination, THETA)
     rows = experiment.rows(experiment.log(N_LISTS))
-    clicks = ListDataModule.from_join(rows, experiment.features, examination=THETA,
-                                      batch_size=512)
-    truth = ListDataModule.from_join(rows, experiment.features, labels="grade",
-                                     batch_size=512)
-    held_out = experiment.held_out()
+    clicks = experiment.lists(rows, examination=THETA)
+    truth = experiment.lists(rows, labels="grade")
     n = clicks.n_features
     models = {"oracle": (IPSListwise(n, ips=False), truth),
               "naive": (IPSListwise(n, ips=False), clicks),
               "ips": (IPSListwise(n), clicks),
               "ips-pairwise": (IPSPairwise(n), clicks),
               "dla": (DLA(n, n_positions=10, exam_lr=3e-2), clicks)}
-    ndcg, per_context = {}, {}
-    for name, (model, data) in models.items():
-        fit(model, data, max_epochs=30)
-        judged = experiment.judge(model, held_out)
-        ndcg[name], per_context[name] = judged.mean, judged.per_context
+    judged = experiment.train_and_judge(models, experiment.held_out())
+    ndcg = {name: judgement.mean for name, judgement in judged.items()}
+    per_context = {name: judgement.per_context for name, judgement in judged.items()}
     dla = models["dla"][0]
     assert isinstance(dla, DLA)
     return Trained(ndcg, per_context, dla)
