@@ -426,7 +426,8 @@ def cmd_propensity(args: argparse.Namespace, settings: Settings) -> int:
             # several positions to tell relevance from position, and (user, item) pairs
             # rarely do in a recommendation log.
             key = ("query", "item_id") if rows["query"].is_not_null().any() else ("item_id",)
-            estimate = RegressionEM(n_positions=positions, key=key).fit(rows).examination_
+            estimate = RegressionEM(n_positions=positions, key=key).fit(
+                _shown_at_several_positions(args, rows, key)).examination_
         except ValueError as exc:  # e.g. a position no slot of the log was shown at
             raise CliError(f"--data {args.data}: {exc}") from None
     curves = {"click rate": click_curve(rows), "regression-EM": estimate}
@@ -482,12 +483,28 @@ def _read_items(path: str, feature_columns: Sequence[str]) -> Any:
                               pl.col("title").cast(pl.String).fill_null(""))
 
 
+def _shown_at_several_positions(args: argparse.Namespace, rows: Any, key: tuple[str, ...]
+                                ) -> Any:
+    """The slots of ``rows`` whose ``key`` was shown at more than one position: only they
+    tell position from relevance. A key always shown at one place (a search engine that
+    always orders a query's results alike) leaves its relevance and that position's
+    examination confounded, and would pull the estimate towards the click rate."""
+    import polars as pl
+
+    moved = rows.filter(pl.col("position").n_unique().over(key) > 1)
+    if not moved.height:
+        raise CliError(f"--data {args.data}: no {' and '.join(key)} was shown at more than one "
+                       "position, so the log cannot tell position from relevance; give the "
+                       "curve with --examination (e.g. from a randomized experiment: "
+                       "clickloop propensity --reference-policy) or train dla")
+    return moved
+
+
 def _examination_curve(args: argparse.Namespace, rows: Any, positions: int) -> Any:
     """``--examination`` as given, or regression-EM's estimate from the log, which needs
     (query, item) pairs shown at more than one position: a log whose engine always put the
     same results in the same order cannot tell position from relevance."""
     import numpy as np
-    import polars as pl
 
     from models.propensity import RegressionEM
 
@@ -501,13 +518,9 @@ def _examination_curve(args: argparse.Namespace, rows: Any, positions: int) -> A
             raise CliError(f"--examination={args.examination!r} needs {positions} values in "
                            "(0, 1], one per position shown")
         return curve[:positions]
-    moved = rows.group_by("query", "item_id").agg(pl.col("position").n_unique() > 1)
-    if not moved["position"].any():
-        raise CliError(f"--data {args.data}: no (query, item) pair was shown at more than one "
-                       "position, so the log cannot tell position from relevance; give the "
-                       "curve with --examination (e.g. from a randomized experiment: "
-                       "clickloop propensity --reference-policy) or train dla")
-    return RegressionEM(n_positions=positions, key=("query", "item_id")).fit(rows).examination_
+    key = ("query", "item_id")
+    return RegressionEM(n_positions=positions, key=key).fit(
+        _shown_at_several_positions(args, rows, key)).examination_
 
 
 def _ranker_data(args: argparse.Namespace, rows: Any) -> tuple[Any, Any, dict[str, Any]]:

@@ -159,10 +159,13 @@ def test_propensity_command_estimates_the_examination_curve_of_a_simulated_log(
         tmp_path: Path) -> None:
     from simulation.clicks import examination
 
+    # Search sessions too, whose engine always orders a query's results alike: their slots
+    # cannot tell position from relevance and must not pull the estimate.
     store = tmp_path / "sim"
     simulated = clickloop("simulate", "--to", "parquet", "--out", str(store), "--impressions",
                           "20000", "--items", "200", "--users", "100", "--slots", "5",
-                          "--candidates", "20", "--policy", "uniform", "-q", cwd=tmp_path)
+                          "--candidates", "20", "--policy", "uniform", "--search-sessions",
+                          "3000", "-q", cwd=tmp_path)
     assert simulated.returncode == 0, simulated.stderr
     result = clickloop("propensity", "--data", str(store), "--positions", "5",
                        "--reference-policy", "uniform-random", "--plot",
