@@ -25,8 +25,8 @@ learning to rank, flipped labels, and the price of Lightning.
 3. **Noisy labels** on :class:`simulation.implicit.FlippedPositives` with 0%, 10% and 20% of
    the training positives flipped to irrelevant items: true Recall@20 of every model,
    trained with fixed settings (the denoising test's) for a fixed number of epochs (no
-   early stopping on a split that holds the same noise); Rel-MF's propensities from the
-   training positives' popularity, as on real data.
+   early stopping on a split that holds the same noise); Rel-MF's and UBPR's propensities
+   from the training positives' popularity, as on real data.
 4. **Training throughput**: MF on one pre-batched data module, trained by Lightning
    (:func:`models.recommenders.fit`, no validation) and by a plain torch loop over the same
    batches with the same optimizer, in the same process; examples (rows and their sampled
@@ -103,11 +103,12 @@ console = Console(width=max(shutil.get_terminal_size((150, 40)).columns, 150))
 
 #: Every model by the name the tables and the JSON give it, in table order.
 NAMES: dict[str, str] = {"MF": "mf", "MF-MSE": "mf-mse", "BPR": "bpr", "Rel-MF": "rel-mf",
-                         "T-CE": "t-ce", "R-CE": "r-ce", "NBPO": "nbpo", "PLD": "pld"}
-#: Models that take clicks at face value, and those that correct exposure bias (Rel-MF) or
-#: label noise (the rest): the goals compare the best of each group.
+                         "UBPR": "ubpr", "T-CE": "t-ce", "R-CE": "r-ce", "NBPO": "nbpo",
+                         "PLD": "pld"}
+#: Models that take clicks at face value, and those that correct exposure bias (Rel-MF,
+#: UBPR) or label noise (the rest): the goals compare the best of each group.
 NAIVE = ("MF", "MF-MSE", "BPR")
-CORRECTED = ("Rel-MF", "T-CE", "R-CE", "NBPO", "PLD")
+CORRECTED = ("Rel-MF", "UBPR", "T-CE", "R-CE", "NBPO", "PLD")
 ETAS = (0.5, 1.0, 2.0)
 NOISE_SHARES = (0.0, 0.1, 0.2)
 ULTR_METHODS = ("naive", "ips", "dla", "oracle")
@@ -175,7 +176,8 @@ FULL = Budget(
     seeds=5,
     grid=Grid(shared={"dim": (16, 64), "lr": (3e-3, 1e-2),
                       "weight_decay": (1e-6, 1e-4, 1e-2)},
-              own={"Rel-MF": {"clip": (0.05, 0.2, 0.5)}, "T-CE": {"max_drop_rate": (0.1, 0.2)},
+              own={"Rel-MF": {"clip": (0.05, 0.2, 0.5)}, "UBPR": {"clip": (0.05, 0.2, 0.5)},
+                   "T-CE": {"max_drop_rate": (0.1, 0.2)},
                    "R-CE": {"beta": (0.1, 0.25)}, "NBPO": {"init_flip": (0.02, 0.1)},
                    "PLD": {"temperature": (0.1, 0.3)}}),
     max_epochs=100, patience=5, batch_size=256,
@@ -462,6 +464,9 @@ def ratings_goals(metrics: Mapping[str, Mapping[str, Mapping[str, Any]]],
         gap, std = compare("Rel-MF", "MF-MSE")
         goals |= {"rel_mf_minus_mf_mse": gap, "rel_mf_vs_mf_mse_std": std,
                   "rel_mf_above_mf_mse_by_one_std": gap > std}
+    if "UBPR" in metrics and "BPR" in metrics:
+        gap, std = compare("UBPR", "BPR")
+        goals |= {"ubpr_minus_bpr": gap, "ubpr_vs_bpr_std": std}
     naive = [m for m in NAIVE if m in metrics]
     corrected = [m for m in CORRECTED if m in metrics]
     if naive and corrected:
@@ -528,7 +533,8 @@ def eta_key(eta: float) -> str:
 #: development world of another seed, never on this one; T-CE ramps over the whole run), and
 #: Rel-MF's default clip.
 NOISE_SHARED = {"dim": 16, "lr": 0.01, "weight_decay": 1e-4}
-NOISE_OWN: dict[str, dict[str, Any]] = {"Rel-MF": {"clip": 0.1}, "T-CE": {"max_drop_rate": 0.2},
+NOISE_OWN: dict[str, dict[str, Any]] = {"Rel-MF": {"clip": 0.1}, "UBPR": {"clip": 0.1},
+                                        "T-CE": {"max_drop_rate": 0.2},
                                         "R-CE": {"beta": 0.1}, "NBPO": {"init_flip": 0.02},
                                         "PLD": {"temperature": 0.3, "candidates": 5}}
 NOISE_K = 20
@@ -738,6 +744,9 @@ def goals_line(goals: Mapping[str, Any]) -> str:
         parts.append(f"Rel-MF − MF-MSE = {goals['rel_mf_minus_mf_mse']:+.3f}, larger std "
                      f"{goals['rel_mf_vs_mf_mse_std']:.3f} (above by more than one std: "
                      f"{yes(goals['rel_mf_above_mf_mse_by_one_std'])})")
+    if "ubpr_minus_bpr" in goals:
+        parts.append(f"UBPR − BPR = {goals['ubpr_minus_bpr']:+.3f}, larger std "
+                     f"{goals['ubpr_vs_bpr_std']:.3f}")
     if "best_naive" in goals:
         parts.append(f"best corrected ({goals['best_corrected']}) − best naive "
                      f"({goals['best_naive']}) = {goals['corrected_minus_naive']:+.3f}, "

@@ -894,7 +894,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "text features, each click weighted by the examination curve of "
                             "its position (DLA learns the curve itself).")
     p.add_argument("model", metavar="MODEL",
-                   help="recommenders: mf, mf-mse, bpr, rel-mf, t-ce, r-ce, nbpo, pld; "
+                   help="recommenders: mf, mf-mse, bpr, rel-mf, ubpr, t-ce, r-ce, nbpo, pld; "
                    "search rankers: ips-listwise, ips-pairwise, dla")
     p.add_argument("--data", required=True, metavar="DIR",
                    help="a log store folder, or (recommenders) a ratings dataset: Coat's "

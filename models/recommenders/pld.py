@@ -30,14 +30,12 @@ BPR does here, where they draw users uniformly.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
 from models.data import Batch
-from models.recommenders.base import FactorizationModel
 from models.recommenders.bpr import bpr_loss
+from models.recommenders.positives import PositivePools
 
 
 def personal_loss_probabilities(candidate_losses: torch.Tensor,
@@ -63,12 +61,11 @@ def pld_loss(candidates: torch.Tensor, negatives: torch.Tensor, temperature: flo
     return per_candidate.gather(1, chosen).mean(), chosen.squeeze(1)
 
 
-class PLD(FactorizationModel):
+class PLD(PositivePools):
     """See the module doc; pairwise batches (:mod:`models.data`). ``candidates`` is the
     pool size k, ``temperature`` tau.
 
-    The pools are drawn from the training positives of the data module it is fitted on
-    (``trainer.datamodule``), read when fitting starts."""
+    The pools are drawn from the training positives (:class:`PositivePools`)."""
 
     kind = "pld"
     mode = "pairwise"
@@ -82,39 +79,6 @@ class PLD(FactorizationModel):
                              f"warmup_epochs={warmup_epochs}: need candidates >= 1, "
                              "temperature > 0, warmup_epochs >= 0")
         self.save_hyperparameters()
-        # Each user's training positives, sorted by user: those of u are
-        # positives[start[u] : start[u] + count[u]]. Not persistent: they belong to the
-        # training data, not to the model an artifact keeps.
-        empty = torch.empty(0, dtype=torch.long)
-        self.register_buffer("positives", empty, persistent=False)
-        self.register_buffer("start", empty.clone(), persistent=False)
-        self.register_buffer("count", empty.clone(), persistent=False)
-
-    def on_fit_start(self) -> None:
-        datamodule: Any = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "train_pairs"):
-            raise ValueError("PLD draws its pools from the training positives: fit it with an "
-                             "InteractionDataModule (models.recommenders.fit)")
-        self.set_positives(*datamodule.train_pairs())
-
-    def set_positives(self, users: torch.Tensor, items: torch.Tensor) -> None:
-        """Index the (user, item) training positives the pools are drawn from."""
-        order = torch.argsort(users * self.n_items + items)
-        count = torch.bincount(users, minlength=self.n_users)
-        self.positives = items[order].to(self.device)
-        self.count = count.to(self.device)
-        self.start = (torch.cumsum(count, 0) - count).to(self.device)
-
-    def draw_pools(self, users: torch.Tensor) -> torch.Tensor:
-        """(len(users), k) positives of each user, uniform with replacement."""
-        if len(self.count) != self.n_users:
-            raise ValueError("no training positives to draw pools from: call set_positives, "
-                             "or fit with an InteractionDataModule")
-        k = self.hparams["candidates"]
-        # Every training row's user has at least one training positive: the row itself.
-        count = self.count[users]
-        offset = (torch.rand((len(users), k), device=self.device) * count[:, None]).long()
-        return self.positives[self.start[users][:, None] + offset]
 
     def losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         users, negatives = batch["users"], batch["negatives"]
@@ -122,7 +86,7 @@ class PLD(FactorizationModel):
             items = batch["items"]
             loss = bpr_loss(self(users, items), self(users, negatives))
             return loss, self.penalty(users, items, negatives)
-        pools = self.draw_pools(users)
+        pools = self.draw_pools(users, self.hparams["candidates"])
         loss, chosen = pld_loss(self(users, pools), self(users, negatives),
                                 self.hparams["temperature"])
         positives = pools.gather(1, chosen.unsqueeze(1)).squeeze(1)

@@ -181,11 +181,11 @@ def test_pld_loss_draws_low_loss_candidates_and_trains_only_the_drawn_one() -> N
 def test_pld_pools_hold_only_the_users_own_training_positives() -> None:
     model = PLD(3, 10, dim=2, candidates=4)
     with pytest.raises(ValueError, match="no training positives"):
-        model.draw_pools(torch.tensor([0]))
+        model.draw_pools(torch.tensor([0]), 4)
     users, items = torch.tensor([2, 0, 2, 0, 2, 1]), torch.tensor([7, 1, 3, 4, 9, 5])
     model.set_positives(users, items)
     torch.manual_seed(0)
-    pools = model.draw_pools(torch.tensor([0, 1, 2] * 50))
+    pools = model.draw_pools(torch.tensor([0, 1, 2] * 50), 4)
     own = {0: {1, 4}, 1: {5}, 2: {3, 7, 9}}
     for user in range(3):
         assert set(pools[user::3].ravel().tolist()) == own[user]

@@ -21,12 +21,14 @@ from models.recommenders import (
     MF,
     MFMSE,
     MODELS,
+    UBPR,
     RelMF,
     RestoreBest,
     bce_loss,
     bpr_loss,
     fit,
     rel_mf_loss,
+    ubpr_loss,
 )
 from simulation.implicit import MNARExposure
 
@@ -86,6 +88,36 @@ def test_rel_mf_loss_with_propensity_one_is_the_naive_loss() -> None:
     p = torch.sigmoid(logits)
     mse = torch.where(labels > 0, (1 - p) ** 2, p ** 2).mean()
     assert rel_mf_loss(logits, labels, ones).item() == pytest.approx(mse.item(), rel=1e-6)
+
+
+def test_ubpr_loss_on_hand_made_tensors() -> None:
+    # Row 1: s_i = ln 3 against unclicked scores (0, ln 3) and a clicked j' scored 0;
+    # theta_i = 0.5 (weight 2), theta_j' = 0.25 (weight 1 - 4 = -3), rho = 0.1.
+    # l(ln 3 - 0) = ln(4/3), l(0) = ln 2.
+    # Row 2: theta_i = 0.02 is clipped to 0.1 (weight 10), theta_j' = 1 (weight 0), rho = 0.
+    positive = torch.tensor([math.log(3.0), 0.0])
+    negatives = torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0]])
+    row1 = 2 * (0.9 * (math.log(4 / 3) + LN2) / 2 + 0.1 * -3 * math.log(4 / 3))
+    row2 = 10 * LN2
+    loss = ubpr_loss(positive, torch.tensor([0.5, 0.02]), negatives, torch.tensor([0.0, 5.0]),
+                     torch.tensor([0.25, 1.0]), torch.tensor([0.1, 0.0]), clip=0.1)
+    assert loss.item() == pytest.approx((row1 + row2) / 2, rel=1e-6)
+
+
+def test_ubpr_with_every_propensity_one_and_no_clicked_comparison_is_bpr() -> None:
+    generator = torch.Generator().manual_seed(0)
+    positive, negatives = torch.randn(20, generator=generator), torch.randn(20, 3,
+                                                                           generator=generator)
+    ones, zeros = torch.ones(20), torch.zeros(20)
+    assert ubpr_loss(positive, ones, negatives, torch.randn(20, generator=generator), ones,
+                     zeros).item() == pytest.approx(bpr_loss(positive, negatives).item(),
+                                                    rel=1e-6)
+    # A clicked comparison item seen with certainty (theta 1) is weighted 0: it says nothing.
+    assert ubpr_loss(positive, ones, negatives, torch.randn(20, generator=generator), ones,
+                     torch.full((20,), 0.5)).item() == pytest.approx(
+        0.5 * bpr_loss(positive, negatives).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="clip=0.0 must be in"):
+        UBPR(3, 4, clip=0.0)
 
 
 def test_mf_mse_is_rel_mf_with_every_propensity_one() -> None:
@@ -381,3 +413,29 @@ def test_rel_mf_beats_mf_on_missing_not_at_random_exposure(
           f"random order {random_order:.3f}")
     assert rel_mf > mf and rel_mf > random_order, (
         f"true DCG@5: Rel-MF {rel_mf:.3f} should beat MF {mf:.3f} (random {random_order:.3f})")
+
+
+def test_ubpr_trains_on_pairwise_batches_with_propensities(
+        record_property: pytest.RecordProperty) -> None:
+    """UBPR on the same missing-not-at-random setting as Rel-MF above, beside BPR with the
+    same settings. Measured: BPR 4.24, UBPR 3.63, a random order 2.18. The pairwise
+    baseline is strong here and the clicked comparisons' negative weights (down to
+    1 - 1/0.09) cost UBPR variance; the test holds UBPR to learning the ranking (well above
+    random), not to beating BPR, and checks that it draws its clicked comparison items
+    from each user's own training positives."""
+    setting = MNARExposure(n_users=500, n_items=300, k=10, per_user=60, epsilon=0.3, seed=0)
+    data = InteractionDataModule.from_join(
+        setting.rows(), propensity="exposure", mode="pairwise", negatives=4, batch_size=1024,
+        seed=0, user_ids=setting.user_ids, item_ids=setting.item_ids)
+    model = UBPR(setting.n_users, setting.n_items, dim=16, lr=0.01, weight_decay=1e-4)
+    fit(model, data, max_epochs=40, patience=3, seed=0)
+    eval_users = np.arange(setting.n_users)
+    ubpr = setting.true_dcg_at_5(model.score(eval_users, setting.judged_items).numpy())
+    random_order = setting.random_dcg_at_5()
+    record_property("true DCG@5", {"UBPR": ubpr, "random": random_order})
+    assert ubpr > random_order + 1.0, (ubpr, random_order)
+    users, items = data.train_pairs()
+    known = set(zip(users.tolist(), items.tolist(), strict=True))
+    drawn = model.draw_pools(users[:200], 3)
+    assert all((u, i) in known for u, row in zip(users[:200].tolist(), drawn.tolist(),
+                                                 strict=True) for i in row)
