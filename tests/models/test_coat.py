@@ -24,7 +24,7 @@ from tests.conftest import SHARED_DATA
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "debias.py"
 COAT = SHARED_DATA / "coat"
-MODEL_NAMES = ["MF", "MF-MSE", "BPR", "Rel-MF", "T-CE", "R-CE", "NBPO", "PLD"]
+MODEL_NAMES = ["MF", "MF-MSE", "BPR", "Rel-MF", "UBPR", "T-CE", "R-CE", "NBPO", "PLD"]
 METRICS = [f"{m}@{k}" for m in ("DCG", "Recall", "MAP") for k in (1, 3, 5)]
 
 # Trained without a validation split (the noise and throughput sections): meant.
