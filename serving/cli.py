@@ -607,7 +607,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from ingest.ratings import LAYOUTS
     from models.artifacts import KINDS, save
     from models.data import InteractionDataModule
-    from models.propensity import popularity_propensity
+    from models.propensity import PopularityPropensity
     from models.recommenders import MODELS, RestoreBest, fit
     from models.ultr import DLA, RANKERS, ListDataModule
     from models.ultr import fit as fit_ranker
@@ -653,11 +653,10 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
             model_class = MODELS[args.model]
             # The exposure propensity of each item, from its clicks (Saito et al., WSDM
             # 2020): what the propensity-weighted losses divide by; the others ignore it.
-            clicks = rows.filter("clicked").group_by("item_id").len()
-            exposure = clicks.with_columns(exposure=pl.Series(popularity_propensity(
-                clicks["len"].to_numpy(), args.eta))).select("item_id", "exposure")
-            rows = rows.join(exposure, on="item_id", how="left").with_columns(
-                pl.col("exposure").fill_null(1.0))
+            # Only clicked pairs are trained on, so every item that matters has a click and
+            # a propensity above 0.
+            exposure = PopularityPropensity(args.eta).fit(rows).predict(rows["item_id"])
+            rows = rows.with_columns(exposure=pl.Series(exposure))
             data = InteractionDataModule.from_join(rows, propensity="exposure",
                                                    mode=model_class.mode,
                                                    batch_size=args.batch_size, seed=args.seed)
