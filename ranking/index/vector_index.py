@@ -75,6 +75,7 @@ class VectorIndex:
         self._str_to_int: dict[str, int] = {}
         self._int_to_str: dict[int, str] = {}
         self._tombstones: set[int] = set()
+        self._names: np.ndarray | None = None  # built by _name_table, reset on any change
         self._next_id = 0
         self.device = resolve_device(device)
         if self._hnsw is not None:
@@ -108,6 +109,7 @@ class VectorIndex:
         if not self.index.is_trained:
             self.index.train(x)
         self._gpu_index = None
+        self._names = None
 
     def add(self, ids: Sequence[str], vectors: Any) -> None:
         """Add new items; an id already present is a ValueError naming it."""
@@ -131,6 +133,7 @@ class VectorIndex:
             self._str_to_int[name] = i
             self._int_to_str[i] = name
         self._gpu_index = None
+        self._names = None
 
     def remove(self, ids: Sequence[str]) -> None:
         """Remove items; an unknown id is a ValueError naming it."""
@@ -151,6 +154,7 @@ class VectorIndex:
         else:
             self.index.remove_ids(int_ids)
         self._gpu_index = None
+        self._names = None
 
     def update(self, ids: Sequence[str], vectors: Any) -> None:
         """Replace the vectors of existing items (remove, then add under fresh int64 ids)."""
@@ -169,6 +173,7 @@ class VectorIndex:
         for name, i in zip(names, int_ids.tolist()):
             self._str_to_int[name] = i  # keeps the dict position: insertion order is stable
             self._int_to_str[i] = name
+        self._names = None
 
     # -- search -------------------------------------------------------------------------------
     def _searcher(self) -> faiss.Index:
@@ -218,33 +223,55 @@ class VectorIndex:
             return out_ids, scores
         widest = max((len(b) for b in banned), default=0)
         fetch = min(total, k + widest + len(self._tombstones))
+        names = self._name_table()
         scale = 1
         pending = np.arange(n_rows)
         index = self._searcher()
         for _ in range(MAX_ROUNDS):
             params, at_cap = self._params(scale, fetch)
             dist, lab = index.search(q[pending], fetch, params=params)
-            short = []
-            for row, d_row, l_row in zip(pending.tolist(), dist, lab):
-                got, got_scores = [], []
-                skip = banned[row]
-                for score, i in zip(d_row.tolist(), l_row.tolist()):
-                    if i < 0 or i in skip or i in self._tombstones:
-                        continue
-                    got.append(self._int_to_str[i])
-                    got_scores.append(score)
-                    if len(got) == k:
-                        break
-                out_ids[row] = got
-                scores[row, : len(got)] = got_scores
-                if len(got) < k:
-                    short.append(row)
-            if not short or (fetch >= total and at_cap):
+            keep = self._allowed(lab, [banned[row] for row in pending.tolist()])
+            # The first k allowed of each row, in the order the index ranked them.
+            rank = np.cumsum(keep, axis=1)
+            keep &= rank <= k
+            counts = keep.sum(axis=1)
+            rows, cols = np.nonzero(keep)
+            found = names[lab[rows, cols]].tolist()
+            slot = rank[rows, cols] - 1
+            done = 0
+            for row, count in zip(pending.tolist(), counts.tolist()):
+                out_ids[row] = found[done:done + count]
+                done += count
+            scores[pending[rows], slot] = dist[rows, cols]
+            short = pending[counts < k]
+            if not len(short) or (fetch >= total and at_cap):
                 break
-            pending = np.array(short)
+            pending = short
             fetch = min(total, fetch * 2)
             scale *= 2
         return out_ids, scores
+
+    def _name_table(self) -> np.ndarray:
+        """Item id by int64 id (None where the id is no longer live), as one array, so that a
+        whole page of search results is named by one fancy index."""
+        if self._names is None or len(self._names) != self._next_id:
+            table = np.full(self._next_id, None, dtype=object)
+            if self._int_to_str:
+                table[np.fromiter(self._int_to_str, dtype=np.int64)] = list(
+                    self._int_to_str.values())
+            self._names = table
+        return self._names
+
+    def _allowed(self, labels: np.ndarray, banned: list[set[int]]) -> np.ndarray:
+        """Which results may be returned: real (not -1), live (not a tombstone or a stale
+        copy) and not excluded for their row."""
+        live = self._name_table()
+        keep = labels >= 0
+        keep[keep] = np.not_equal(live[labels[keep]], None)
+        for row, ban in enumerate(banned):
+            if ban:
+                keep[row] &= ~np.isin(labels[row], np.fromiter(ban, dtype=np.int64))
+        return keep
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
@@ -272,3 +299,4 @@ class VectorIndex:
         self._int_to_str = dict(zip(int_ids, ids))
         self._tombstones = {int(i) for i in state.get("tombstones", [])}
         self._next_id = int(state["next_id"])
+        self._names = None
