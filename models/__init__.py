@@ -5,6 +5,8 @@ exposure), the pre-batched data module (``data``), graded targets from clicks, r
 dwell (``targets``), recommenders from implicit feedback (``recommenders``: MF, MF-MSE, BPR,
 Rel-MF, UBPR, and the noise-robust T-CE, R-CE, NBPO, PLD), unbiased learning to rank on slates
 (``ultr``: IPS listwise and pairwise, DLA, query-item text features), one training routine
-(``training``) and artifacts (``artifacts``: safetensors plus JSON metadata). Embeddings,
-retrievers trained from clicks and the query-rewrite LLM come with issues #13 and #15.
+(``training``), artifacts (``artifacts``: safetensors plus JSON metadata) and artifacts as
+the retrieval pipeline's scorers (``scorers``), text embeddings (``embeddings``:
+all-MiniLM-L6-v2, cached on disk) and retrievers trained from clicks (``retrievers``: a
+two-tower model, Counterfactual Rocchio). The query-rewrite LLM comes with issue #15.
 """

@@ -17,12 +17,11 @@ import torch
 from torch import nn
 
 from models.data import Batch, Mode
+from models.topk import blockwise_topk
 from models.training import EpochLosses
 
 IndexLike = torch.Tensor | np.ndarray | Sequence[int]
 
-#: Scores computed at once by ``recommend``: bounds memory on large catalogs.
-_SCORE_BLOCK = 1 << 24
 
 
 def _as_index(values: IndexLike, device: torch.device) -> torch.Tensor:
@@ -124,21 +123,15 @@ class FactorizationModel(EpochLosses, lightning.LightningModule):
         cols = cols[order]
         items_t = self.item_embedding.weight
         item_bias = self.item_bias.weight.squeeze(-1) + self.bias
-        step = max(1, _SCORE_BLOCK // self.n_items)
-        top_items, top_scores = [], []
-        for start in range(0, len(users_t), step):
-            block = users_t[start:start + step]
-            scores = self.user_embedding(block) @ items_t.T + item_bias
-            lo, hi = torch.searchsorted(rows, torch.tensor([start, start + len(block)],
+
+        def scores(start: int, stop: int) -> torch.Tensor:
+            block = self.user_embedding(users_t[start:stop]) @ items_t.T + item_bias
+            lo, hi = torch.searchsorted(rows, torch.tensor([start, stop],
                                                            device=rows.device)).tolist()
-            scores[rows[lo:hi] - start, cols[lo:hi]] = float("-inf")
-            best, where = torch.topk(scores, k, dim=1)
-            top_items.append(where)
-            top_scores.append(best)
-        if not top_items:
-            empty = torch.empty((0, k), device=self.device)
-            return empty.long(), empty
-        return torch.cat(top_items), torch.cat(top_scores)
+            block[rows[lo:hi] - start, cols[lo:hi]] = float("-inf")
+            return block
+
+        return blockwise_topk(len(users_t), self.n_items, k, scores, self.device)
 
     def _excluded_cells(self, users: torch.Tensor,
                         exclude: tuple[IndexLike, IndexLike] | None
