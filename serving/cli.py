@@ -30,6 +30,8 @@ from ingest.journal import JournalError
 from ingest.logstore import StoreLocked
 from ingest.settings import Settings, SettingsError
 from ingest.transport import TransportError
+from serving.catalog import CatalogError, read_items
+from serving.index_cli import IndexCliError, add_index_commands
 from serving.settings import load
 
 if TYPE_CHECKING:
@@ -312,11 +314,10 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
-    import numpy as np
-    import polars as pl
 
     from ingest.frames import LogBatch
     from ingest.validation import validate_batch
+    from simulation.catalog import catalog
     from simulation.clicks import PositionBasedModel, examination
     from simulation.policies import (
         EpsilonGreedyPolicy,
@@ -359,12 +360,8 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
             yield validate_batch(search.log.frames())
 
     if args.catalog:
-        # What a shop knows of its items: ids and titles, no latent truth.
-        items = np.arange(world.n_items)
-        catalog = pl.DataFrame({"item_id": [f"i{i}" for i in items],
-                                "title": world.titles(items)})
         Path(args.catalog).parent.mkdir(parents=True, exist_ok=True)
-        catalog.write_csv(args.catalog)
+        catalog(world).write_csv(args.catalog)
         print(f"catalog of {world.n_items:,} items → {args.catalog}", file=sys.stderr)
     summary = _replay_to_target(
         args, settings, batches(), f"simulated {args.impressions:,} impressions "
@@ -461,26 +458,18 @@ def cmd_propensity(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _read_items(path: str, feature_columns: Sequence[str]) -> Any:
-    """The ``--items`` catalog: CSV or parquet with ``item_id``, ``title`` and the numeric
-    ``feature_columns``."""
-    import polars as pl
-
+def _catalog(path: str, feature_columns: Sequence[str] = ()) -> Any:
+    """The ``--items`` catalog, its rejected rows reported on standard error."""
     try:
-        items = (pl.read_parquet(path) if path.endswith(".parquet")
-                 else pl.read_csv(path, infer_schema_length=None))
-    except (OSError, pl.exceptions.PolarsError) as exc:
-        raise CliError(f"--items {path}: cannot read it ({exc})") from None
-    for column in ("item_id", "title", *feature_columns):
-        if column not in items.columns:
-            raise CliError(f"--items {path} has no column {column!r} (it has "
-                           f"{', '.join(items.columns)})")
-    for column in feature_columns:
-        if not items[column].dtype.is_numeric():
-            raise CliError(f"--items {path}: column {column!r} is {items[column].dtype}, "
-                           "not numeric")
-    return items.with_columns(pl.col("item_id").cast(pl.String),
-                              pl.col("title").cast(pl.String).fill_null(""))
+        items, rejected = read_items(path, feature_columns)
+    except CatalogError as exc:
+        raise CliError(str(exc)) from None
+    if rejected:
+        print(f"--items {path}: {len(rejected):,} rows rejected; the first: {rejected[0]}",
+              file=sys.stderr)
+    if not items.height:
+        raise CliError(f"--items {path} holds no usable rows")
+    return items
 
 
 def _shown_at_several_positions(args: argparse.Namespace, rows: Any, key: tuple[str, ...]
@@ -541,7 +530,7 @@ def _ranker_data(args: argparse.Namespace, rows: Any) -> tuple[Any, Any, dict[st
     if args.positions < 1:
         raise CliError(f"--positions={args.positions} must be at least 1")
     columns = [c for c in (args.item_features or "").split(",") if c]
-    items = _read_items(args.items, columns)
+    items = _catalog(args.items, columns)
     rows = rows.filter(pl.col("query").is_not_null() & (pl.col("position") <= args.positions))
     if not rows.height:
         raise CliError(f"--data {args.data} holds no search impressions (with a query) to "
@@ -950,6 +939,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
+    add_index_commands(commands)
+
     p = commands.add_parser("status", help="show the local journals that hold events",
                             description="List each journal under ingest.journal_dir that holds "
                             "records the broker has not taken yet: folder, cluster, records, "
@@ -968,8 +959,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load(args.config)
         return int(args.func(args, settings) or 0)
-    except (CliError, SettingsError, BrokerError, LogError, StoreLocked, JournalError,
-            TransportError, OSError) as exc:
+    except (CliError, IndexCliError, SettingsError, BrokerError, LogError, StoreLocked,
+            JournalError, TransportError, OSError) as exc:
         # One plain line, not wrapped to the terminal: scripts grep it.
         print(f"error: {exc}", file=sys.stderr)
         return 2

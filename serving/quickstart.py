@@ -7,7 +7,10 @@ consumer validates, dead-letters, deduplicates and writes the parquet log. From 
 store's impression-click join it then estimates the examination curve by regression-EM,
 trains a naive ranker (every click a positive) and a propensity-weighted one (each click
 weighted by one over the estimated examination of its position), and judges both by their
-true nDCG@10 on contexts that were never in the log. Prints tables and saves a plot.
+true nDCG@10 on contexts that were never in the log. Last, it embeds the catalog's titles
+(all-MiniLM-L6-v2, cached on disk), builds the self-tuning FAISS index over them and searches
+it through the retrieval pipeline with noisy queries (typos, synonyms, truncations), beside
+the simulator's exact-word engine. Prints tables and saves a plot.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import msgspec  # noqa: E402
+import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -34,9 +38,16 @@ from ingest.joins import join_log  # noqa: E402
 from ingest.logstore import ParquetLogStore  # noqa: E402
 from ingest.producer import EventProducer  # noqa: E402
 from ingest.settings import Settings  # noqa: E402
+from models.embeddings import TextEncoder  # noqa: E402
 from models.propensity import RegressionEM  # noqa: E402
 from models.ultr import IPSListwise  # noqa: E402
+from ranking.index import build  # noqa: E402
+from ranking.pipeline import Pipeline, Request  # noqa: E402
+from simulation.catalog import catalog  # noqa: E402
 from simulation.ltr import RankingExperiment  # noqa: E402
+from simulation.policies import item_id  # noqa: E402
+from simulation.queries import QueryNoise  # noqa: E402
+from simulation.search import lexical_retrieve, parse_query  # noqa: E402
 
 #: Bad messages planted in the stream, one of each kind per this many good events.
 BAD_EVERY = 1000
@@ -55,10 +66,52 @@ def _settings_for(settings: Settings, workdir: Path) -> Settings:
     return msgspec.structs.replace(settings, ingest=ingest)
 
 
+def _search_demo(experiment: RankingExperiment, workdir: Path, cache_dir: Path,
+                 console: Console, queries: int = 4) -> None:
+    """Index the catalog's titles and search it with noisy queries for popular items, each
+    beside the rank the exact-word engine gives the item."""
+    world = experiment.world
+    items = catalog(world)
+    encoder = TextEncoder(cache_dir=cache_dir)
+    index = build(items["item_id"].to_list(), encoder.encode(items["title"].to_list()),
+                  model=encoder.name)
+    index.save(workdir / "index")
+    point = index.operating_point
+    console.print(f"index over {len(index):,} titles ({encoder.name}, {encoder.dim}-d): "
+                  f"{point['structure']} chosen, recall@{point['k']} {point['recall']:.3f} on "
+                  f"its tuning sample")
+    rng = np.random.default_rng([experiment.seed, 13])
+    targets = np.argsort(-world.popularity, kind="stable")[: 4 * queries]
+    noise = QueryNoise()
+    typed: list[tuple[int, str]] = []
+    for target, title in zip(targets.tolist(), world.titles(targets), strict=True):
+        noisy = noise.apply(title, rng, level=1.0).noisy
+        if noisy != title and len(typed) < queries:
+            typed.append((target, noisy))
+    pipeline = Pipeline(index, query_encoder=encoder, retrieve=50)
+    ranked = pipeline.run([Request(query=q) for _, q in typed], k=50)
+    asked = np.stack([parse_query(q) for _, q in typed])
+    exact = lexical_retrieve(world, asked, 50)
+    table = Table(title="search with noisy queries: where the wanted item lands (of "
+                  f"{len(index):,})")
+    for name in ("typed", "wanted item", "dense rank", "exact-word rank", "dense top 1"):
+        table.add_column(name, justify="right" if "rank" in name else "left")
+    for (target, query), rows, words in zip(typed, ranked, exact, strict=True):
+        wanted = item_id(target)
+        dense = next((r.position for r in rows if r.item_id == wanted), None)
+        lexical = np.flatnonzero(words == target)
+        table.add_row(query, world.titles(np.array([target]))[0],
+                      str(dense) if dense else "> 50",
+                      str(int(lexical[0]) + 1) if len(lexical) else "> 50",
+                      world.titles(np.array([int(rows[0].item_id[1:])]))[0])
+    console.print(table)
+
+
 def run_quickstart(settings: Settings, *, impressions: int, workdir: str | Path,
-                   bootstrap: str | None, console: Console) -> int:
+                   bootstrap: str | None, console: Console,
+                   cache_dir: str | Path = ".clickloop/embeddings") -> int:
     progress = Console(stderr=True)  # spinners and the verdict; results go to ``console``
-    workdir = Path(workdir)
+    workdir, cache_dir = Path(workdir), Path(cache_dir)
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     settings = _settings_for(settings, workdir)
@@ -172,7 +225,9 @@ def run_quickstart(settings: Settings, *, impressions: int, workdir: str | Path,
     figure.tight_layout()
     plot = workdir / "quickstart.png"
     figure.savefig(plot, dpi=120)
-    console.print(f"log store: {workdir / 'log'}   plot: {plot}")
+    with progress.status("retrieval: embedding the catalog and building the index…"):
+        _search_demo(experiment, workdir, cache_dir, console)
+    console.print(f"log store: {workdir / 'log'}   index: {workdir / 'index'}   plot: {plot}")
     ok = counters.reconciles and counters.rejected == planted and \
         counters.duplicates == resent and len(letters) == planted
     if not ok:

@@ -34,6 +34,8 @@ def clickloop(*args: str, cwd: Path = ROOT, timeout: float = 120,
     (("replay",), "--map FIELD=COLUMN"),
     (("dlq",), "--max"),
     (("simulate",), "--search-sessions"),
+    (("index", "build"), "--memory-budget-mb"),
+    (("index", "search"), "--ranker ARTIFACT"),
 ])
 def test_every_command_explains_itself(command: tuple[str, ...], words: str) -> None:
     result = clickloop(*command, "--help")
