@@ -30,7 +30,7 @@ from ingest.journal import JournalError
 from ingest.logstore import StoreLocked
 from ingest.settings import Settings, SettingsError
 from ingest.transport import TransportError
-from serving.catalog import CatalogError, read_items
+from serving.catalog import CatalogError, load_catalog
 from serving.index_cli import IndexCliError, add_index_commands
 from serving.settings import load
 
@@ -458,20 +458,6 @@ def cmd_propensity(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _catalog(path: str, feature_columns: Sequence[str] = ()) -> Any:
-    """The ``--items`` catalog, its rejected rows reported on standard error."""
-    try:
-        items, rejected = read_items(path, feature_columns)
-    except CatalogError as exc:
-        raise CliError(str(exc)) from None
-    if rejected:
-        print(f"--items {path}: {len(rejected):,} rows rejected; the first: {rejected[0]}",
-              file=sys.stderr)
-    if not items.height:
-        raise CliError(f"--items {path} holds no usable rows")
-    return items
-
-
 def _shown_at_several_positions(args: argparse.Namespace, rows: Any, key: tuple[str, ...]
                                 ) -> Any:
     """The slots of ``rows`` whose ``key`` was shown at more than one position: only they
@@ -530,7 +516,7 @@ def _ranker_data(args: argparse.Namespace, rows: Any) -> tuple[Any, Any, dict[st
     if args.positions < 1:
         raise CliError(f"--positions={args.positions} must be at least 1")
     columns = [c for c in (args.item_features or "").split(",") if c]
-    items = _catalog(args.items, columns)
+    items = load_catalog(args.items, columns)
     rows = rows.filter(pl.col("query").is_not_null() & (pl.col("position") <= args.positions))
     if not rows.height:
         raise CliError(f"--data {args.data} holds no search impressions (with a query) to "
@@ -959,8 +945,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load(args.config)
         return int(args.func(args, settings) or 0)
-    except (CliError, IndexCliError, SettingsError, BrokerError, LogError, StoreLocked,
-            JournalError, TransportError, OSError) as exc:
+    except (CliError, IndexCliError, CatalogError, SettingsError, BrokerError, LogError,
+            StoreLocked, JournalError, TransportError, OSError) as exc:
         # One plain line, not wrapped to the terminal: scripts grep it.
         print(f"error: {exc}", file=sys.stderr)
         return 2

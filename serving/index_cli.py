@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +29,24 @@ class IndexCliError(Exception):
     """A problem the user can fix; ``serving.cli`` prints it as one ``error:`` line."""
 
 
-def _encoder(args: argparse.Namespace) -> Any:
-    from models.embeddings import TextEncoder
+def _device(args: argparse.Namespace) -> str:
+    """``--device`` resolved: ``cpu`` or ``gpu``."""
+    from ranking.index import IndexInputError
     from ranking.index.device import resolve_device
 
-    device = "cuda" if resolve_device(args.device) == "gpu" else "cpu"
-    return TextEncoder(cache_dir=args.cache_dir, device=device, batch_size=args.batch_size)
+    try:
+        return resolve_device(args.device)
+    except IndexInputError as exc:
+        raise IndexCliError(f"--device {args.device}: {exc}") from None
+
+
+def _encoder(args: argparse.Namespace, device: str, cache_dir: str | None) -> Any:
+    from models.embeddings import TextEncoder
+
+    if args.batch_size < 1:
+        raise IndexCliError(f"--batch-size={args.batch_size} must be at least 1")
+    return TextEncoder(cache_dir=cache_dir, device="cuda" if device == "gpu" else "cpu",
+                       batch_size=args.batch_size)
 
 
 def _catalog(args: argparse.Namespace) -> Any:
@@ -46,35 +57,26 @@ def _catalog(args: argparse.Namespace) -> Any:
         if args.world < 1:
             raise IndexCliError(f"--world={args.world} must be at least 1 item")
         return catalog(World(n_items=args.world, n_users=1, seed=args.seed))
-    from serving.catalog import CatalogError, read_items
+    from serving.catalog import load_catalog
 
-    try:
-        items, rejected = read_items(args.items)
-    except CatalogError as exc:
-        raise IndexCliError(str(exc)) from None
-    if rejected:
-        print(f"--items {args.items}: {len(rejected):,} rows rejected; the first: "
-              f"{rejected[0]}", file=sys.stderr)
-    blank = items["title"].str.strip_chars() == ""
-    if blank.any():
-        print(f"--items {args.items}: {int(blank.sum()):,} rows rejected for an empty "
-              f"title; the first: row {int(blank.arg_true()[0]) + 1}, column 'title'",
-              file=sys.stderr)
-        items = items.filter(~blank)
-    if not items.height:
-        raise IndexCliError(f"--items {args.items} holds no item with an id and a title")
-    return items
+    return load_catalog(args.items, require_title=True)
 
 
 def cmd_index_build(args: argparse.Namespace, settings: Settings) -> int:
     from ranking.index import IndexInputError, build
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise IndexCliError(f"--out {out} is a file; the index is a folder")
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise IndexCliError(f"--out {out} is not empty; pass --overwrite to replace the "
                             "index there")
+    for flag, value in (("--recall-k", args.recall_k), ("--search-param", args.search_param)):
+        if value is not None and value < 1:
+            raise IndexCliError(f"{flag}={value} must be at least 1")
+    device = _device(args)
     items = _catalog(args)
-    encoder = _encoder(args)
+    encoder = _encoder(args, device, args.cache_dir)
     titles = items["title"].to_list()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
@@ -87,7 +89,7 @@ def cmd_index_build(args: argparse.Namespace, settings: Settings) -> int:
                           recall_target=args.recall_target, k=args.recall_k,
                           structure=args.structure, search_param=args.search_param,
                           memory_budget_mb=args.memory_budget_mb, seed=args.seed,
-                          device=args.device)
+                          device=device)
         except IndexInputError as exc:
             raise IndexCliError(str(exc)) from None
     index.save(out)
@@ -114,25 +116,30 @@ def cmd_index_search(args: argparse.Namespace, settings: Settings) -> int:
 
     from ranking.index import IndexLoadError, VectorIndex
     from ranking.pipeline import Pipeline, PipelineInputError, Request
+    from serving.catalog import load_catalog
 
     folder = Path(args.index)
+    if args.k < 1:
+        raise IndexCliError(f"-k={args.k} must be at least 1")
+    if args.retrieve < args.k:
+        raise IndexCliError(f"--retrieve={args.retrieve} must be at least -k={args.k}: the "
+                            "top k are chosen among the retrieved")
+    device = _device(args)
     try:
-        index = VectorIndex.load(folder, device=args.device)
+        index = VectorIndex.load(folder, device=device)
     except (IndexLoadError, FileNotFoundError) as exc:
         raise IndexCliError(f"{folder}: {exc}") from None
-    encoder = _encoder(args)
+    # Queries are not cached: each differs, and the cache would only grow.
+    encoder = _encoder(args, device, cache_dir=None)
     if index.model != encoder.name:
         raise IndexCliError(f"{folder} was built with model {index.model!r}; queries are "
                             f"encoded with {encoder.name!r}, whose vectors it cannot search")
-    catalog_file = Path(args.items) if args.items else folder / CATALOG_FILE
-    items = pl.read_parquet(catalog_file) if catalog_file.suffix == ".parquet" else None
-    if items is None:
-        from serving.catalog import CatalogError, read_items
-
-        try:
-            items, _ = read_items(str(catalog_file))
-        except CatalogError as exc:
-            raise IndexCliError(str(exc)) from None
+    if args.items:
+        items = load_catalog(args.items)
+    elif (folder / CATALOG_FILE).is_file():
+        items = pl.read_parquet(folder / CATALOG_FILE)
+    else:
+        raise IndexCliError(f"{folder} has no {CATALOG_FILE}: give the catalog with --items")
     scorer = _scorer(args, items) if args.ranker else None
     titles = dict(zip(items["item_id"].to_list(), items["title"].to_list(), strict=True))
     exclude = frozenset(e for e in (args.exclude or "").split(",") if e)
@@ -162,14 +169,23 @@ def cmd_index_search(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _scorer(args: argparse.Namespace, items: Any) -> Any:
+    """The ``--ranker`` artifact as the score step. It is read from the folder that holds it:
+    the command line names the artifact itself, so there is no other directory to confine
+    the load to (the server confines it to its configured artifact directory)."""
     from models.artifacts import ArtifactError, load
-    from models.scorers import artifact_scorer
+    from models.recommenders import FactorizationModel
+    from models.scorers import ListRankerScorer
 
     path = Path(args.ranker)
     try:
         artifact = load(path, path.resolve().parent)
-        return artifact_scorer(artifact, items)
-    except (ArtifactError, ValueError) as exc:
+        if isinstance(artifact.model, FactorizationModel):
+            raise IndexCliError(f"--ranker {path} is a {artifact.metadata['kind']} "
+                                "recommender, which scores users' items; index search has "
+                                "queries and no user, so give a search ranker (ips-listwise, "
+                                "ips-pairwise, dla)")
+        return ListRankerScorer(artifact, items)
+    except (ArtifactError, ValueError, KeyError, TypeError) as exc:
         raise IndexCliError(f"--ranker {path}: {exc}") from None
 
 
@@ -210,6 +226,12 @@ def add_index_commands(commands: Any) -> None:
     b.add_argument("--memory-budget-mb", type=float,
                    help="the most memory the index may take; structures over it are not "
                    "considered, and IVF-PQ compresses the vectors to fit (default: no limit)")
+    b.add_argument("--cache-dir", default=".clickloop/embeddings",
+                   help="on-disk cache of title embeddings, by text hash, so a rebuild "
+                   "encodes only new titles (default: .clickloop/embeddings)")
+    b.add_argument("--seed", type=int, default=0,
+                   help="seed of the tuning sample and of --world (default: 0)")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _shared(b)
     b.set_defaults(func=cmd_index_build)
 
@@ -240,12 +262,7 @@ def _shared(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("cpu", "auto", "gpu"), default="cpu",
                    help="where FAISS searches and the encoder runs: auto takes the GPU when "
                    "faiss-gpu sees one (default: cpu)")
-    p.add_argument("--cache-dir", default=".clickloop/embeddings",
-                   help="on-disk embedding cache, by text hash (default: .clickloop/embeddings)")
     p.add_argument("--batch-size", type=int, default=64,
                    help="texts encoded per batch (default: 64)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the tuning sample and of --world (default: 0)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 

@@ -43,15 +43,14 @@ Build cost, which decides what is tried on a small machine:
 
 - k-means for the IVF centroids trains on ``TRAIN_PER_LIST`` sampled vectors per list (just
   above the 39 below which FAISS warns that the centroids are poorly estimated; more samples
-  cost training time in proportion and, measured on clustered data, bought no recall), at
+  cost training time in proportion), at
   least ``PQ_TRAIN_MIN`` when PQ codebooks (256 centroids each) are trained on the same
   sample (and the codebooks subsample to as many per code). Adding the vectors (assigning
   each to its nearest centroid) then dominates the build and grows with ``n * nlist``: the
   list count climbs from the cheapest rung and stops at the first that does not pay.
-- An HNSW graph build inserts each vector by a beam search over the graph built so far. On
-  two cores it measured a few times as long as the IVF build of the same collection, and on
-  clustered data its searches were slower than IVF's at the same recall. It is tried only up
-  to ``HNSW_MAX`` vectors, where its build is still short in absolute terms and it can win on
+- An HNSW graph build inserts each vector by a beam search over the graph built so far, which
+  costs several times an IVF build of the same collection. It is tried only up to
+  ``HNSW_MAX`` vectors, where its build is still short in absolute terms and it can win on
   data that suits IVF less; above that only IVF structures are built.
   ``structure="HNSW32"`` still builds one at any size.
 """
@@ -68,7 +67,12 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ranking.index.validation import IndexInputError, check_ids, check_vectors
+from ranking.index.validation import (
+    IndexInputError,
+    check_ids,
+    check_positive_int,
+    check_vectors,
+)
 from ranking.index.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -234,6 +238,9 @@ def build(ids: Sequence[str], vectors: Any, *, model: str, recall_target: float 
     x = check_vectors(arr, arr.shape[1], rows=len(names))
     if not 0 < recall_target <= 1:
         raise IndexInputError(f"recall_target={recall_target!r} must be in (0, 1]")
+    check_positive_int(k, "k")
+    if search_param is not None:
+        check_positive_int(search_param, "search_param")
     if memory_budget_mb is not None and not memory_budget_mb > 0:
         raise IndexInputError(f"memory_budget_mb={memory_budget_mb!r} must be positive")
     n, dim = x.shape
@@ -254,7 +261,7 @@ def build(ids: Sequence[str], vectors: Any, *, model: str, recall_target: float 
     # Exact top-k straight from the array: no second copy of the collection in an index.
     _, truth = faiss.knn(q, x, k_eval, metric=faiss.METRIC_INNER_PRODUCT)
     # Every candidate's measured point is kept for the record; only contenders keep an index
-    # (at 1M x 384 each holds 1.5 GB).
+    # (each holds a copy of the collection).
     candidates: list[tuple[dict[str, Any], VectorIndex | None]] = []
 
     def measured(s: str) -> tuple[dict[str, Any], VectorIndex]:

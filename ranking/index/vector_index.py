@@ -32,6 +32,8 @@ from ranking.index.validation import (
 )
 
 MAX_ROUNDS = 64
+#: The deepest search FAISS answers on a GPU; deeper rounds run on the CPU index.
+GPU_MAX_K = 2048
 
 
 def make_faiss_index(dim: int, structure: str) -> faiss.Index:
@@ -226,9 +228,9 @@ class VectorIndex:
         names = self._name_table()
         scale = 1
         pending = np.arange(n_rows)
-        index = self._searcher()
         for _ in range(MAX_ROUNDS):
             params, at_cap = self._params(scale, fetch)
+            index = self._searcher() if fetch <= GPU_MAX_K else self.index
             dist, lab = index.search(q[pending], fetch, params=params)
             keep = self._allowed(lab, [banned[row] for row in pending.tolist()])
             # The first k allowed of each row, in the order the index ranked them.

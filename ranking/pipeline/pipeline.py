@@ -129,8 +129,10 @@ class Pipeline:
     # -- the whole path ------------------------------------------------------------------------
     def run(self, requests: Sequence[Request], k: int) -> list[list[RankedItem]]:
         """The top ``k`` of every request, each item with its score and stage."""
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise PipelineInputError(f"k={k!r} must be an integer >= 1")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.retrieve:
+            raise PipelineInputError(f"k={k!r} must be an integer in [1, retrieve="
+                                     f"{self.retrieve}]: the top k are chosen among the "
+                                     "retrieved")
         for b, request in enumerate(requests):
             if not isinstance(request, Request):
                 raise PipelineInputError(f"requests[{b}]={request!r:.60} must be a Request")
@@ -145,9 +147,33 @@ class Pipeline:
             raise PipelineInputError(f"reranker {self.reranker.name!r} gave positions of shape "
                                      f"{positions.shape} and propensities of shape "
                                      f"{propensity.shape}; expected ({len(requests)}, {k})")
+        self._check_reranked(positions, propensity, candidates.shape[1])
         rank_by_score = np.argsort(score_order(candidates, scores), axis=1)
         return [self._ranked(b, candidates, scored, positions[b], propensity[b],
                              rank_by_score[b]) for b in range(len(requests))]
+
+    def _check_reranked(self, positions: np.ndarray, propensity: np.ndarray, width: int
+                        ) -> None:
+        """Positions are integers in [-1, width); a shown item's propensity is in (0, 1]:
+        it is what gets logged with the impression, so a bad one must never pass."""
+        name = self.reranker.name
+        if positions.dtype.kind not in "iu":
+            raise PipelineInputError(f"reranker {name!r} gave positions of dtype "
+                                     f"{positions.dtype}; they must be integers")
+        outside = (positions < -1) | (positions >= width)
+        if outside.any():
+            b, slot = np.argwhere(outside)[0]
+            raise PipelineInputError(f"reranker {name!r} gave position {positions[b, slot]} "
+                                     f"for request {b}, slot {slot}: it must be -1 or in "
+                                     f"[0, {width})")
+        shown = positions >= 0
+        with np.errstate(invalid="ignore"):
+            wrong = shown & ~((propensity > 0) & (propensity <= 1))
+        if wrong.any():
+            b, slot = np.argwhere(wrong)[0]
+            value = float(propensity[b, slot])
+            raise PipelineInputError(f"reranker {name!r} gave propensity {value!r} for request "
+                                     f"{b}, slot {slot}: it must be in (0, 1]")
 
     def _ranked(self, b: int, candidates: Candidates, scored: np.ndarray | None,
                 positions: np.ndarray, propensity: np.ndarray, rank_by_score: np.ndarray

@@ -67,12 +67,13 @@ def test_dense_beside_exact_word_on_noisy_queries(title_world, title_index, nois
     index beside the simulator's exact-word engine, on the same 1000 noisy queries.
 
     Measured: dense 0.699, exact-word 0.858 (on the 82% that noise changed: 0.635 and 0.828).
-    Exact-word wins here, for two reasons this test pins down: when a word is lost to noise
+    Exact-word wins here, for two reasons: when a word is lost to noise
     it still matches the others and falls back to popularity, and the intents' targets are
     drawn by popularity, so the fallback often lands; MiniLM's word pieces misread a noisy
     category word ("shirt" -> "shi", "hoodie" -> "goodie") and then most of its top 10 is
     another category. With the category word intact both do well (dense 0.89, exact 0.94 in
-    a one-off breakdown). Asserted: dense within 0.25 of exact-word, and below it.
+    a one-off breakdown). Asserted: dense within 0.25 of exact-word (a better encoder may
+    pass it), and both find every query that noise left clean.
     """
     s = noisy_search
     dense = success_at_k(title_world, s.intents, dense_retrieve(title_index, s.vectors, K), K)
@@ -83,7 +84,6 @@ def test_dense_beside_exact_word_on_noisy_queries(title_world, title_index, nois
           f"dense {dense.mean():.3f}, exact-word {exact.mean():.3f}; on the changed ones: "
           f"dense {dense[changed].mean():.3f}, exact-word {exact[changed].mean():.3f}")
     assert dense.mean() >= exact.mean() - 0.25, (dense.mean(), exact.mean())
-    assert dense.mean() < exact.mean(), (dense.mean(), exact.mean())
     assert dense[~changed].mean() == exact[~changed].mean() == 1.0  # clean queries: both find
 
 

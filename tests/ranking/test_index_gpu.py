@@ -24,12 +24,13 @@ def clustered(n: int, dim: int, seed: int) -> np.ndarray:
 
 def test_tuned_ivf_on_the_gpu_meets_its_target() -> None:
     x = clustered(60_000, 32, 2)
-    index = build([f"i{i}" for i in range(len(x))], x, model="m", device="gpu")
-    assert index.device in ("gpu", "cpu")  # HNSW stays on the CPU
+    index = build([f"i{i}" for i in range(len(x))], x, model="m", structure="IVF256,Flat",
+                  device="gpu")
+    assert index.device == "gpu"
     q = clustered(200, 32, 3)
     exact = faiss.IndexFlatIP(32)
     exact.add(x)
     _, truth = exact.search(q, 100)
     found, _ = index.search(q, 100)
     hits = [len({int(i[1:]) for i in row} & set(t.tolist())) for row, t in zip(found, truth)]
-    assert np.sum(hits) / truth.size >= 0.9
+    assert np.sum(hits) / truth.size >= 0.95

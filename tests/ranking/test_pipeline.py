@@ -136,8 +136,12 @@ def test_reranker_moves_are_reported_with_their_propensity(world) -> None:
 
 
 def test_fewer_candidates_than_k(world) -> None:
-    [ranked] = make(world, retrieve=3).run([Request(query="q0")], k=5)
-    assert len(ranked) == 3
+    _, vectors = world
+    small = VectorIndex(DIM, model="toy")
+    small.add(["a", "b", "c"], vectors[:3])
+    pipeline = Pipeline(small, query_encoder=LookupEncoder("toy", {"q": vectors[0]}))
+    [ranked] = pipeline.run([Request(query="q")], k=5)
+    assert [r.item_id for r in ranked][0] == "a" and len(ranked) == 3
 
 
 @pytest.mark.parametrize("request_kwargs, problem", [
@@ -154,8 +158,10 @@ def test_bad_requests_name_the_field(request_kwargs, problem) -> None:
 def test_bad_calls_and_parts_are_clear_errors(world) -> None:
     index, vectors = world
     pipeline = make(world)
-    with pytest.raises(PipelineInputError, match="k=0 must be an integer >= 1"):
+    with pytest.raises(PipelineInputError, match=r"k=0 must be an integer in \[1, retrieve"):
         pipeline.run([Request(query="q1")], k=0)
+    with pytest.raises(PipelineInputError, match=r"k=11 must be an integer in \[1, retrieve=10"):
+        make(world, retrieve=10).run([Request(query="q1")], k=11)
     with pytest.raises(PipelineInputError, match="user_id='nobody' is unknown"):
         pipeline.run([Request(user_id="nobody")], k=3)
     with pytest.raises(PipelineInputError, match="query_encoder.name='other' must equal"):
@@ -177,6 +183,25 @@ def test_bad_calls_and_parts_are_clear_errors(world) -> None:
 
     with pytest.raises(PipelineInputError, match="chose position 0 of request 0"):
         make(world, reranker=Twice()).run([Request(query="q1")], k=2)
+
+    class Returns:
+        name = "fixed"
+
+        def __init__(self, positions, propensity):
+            self.positions, self.propensity = np.array(positions), np.array(propensity)
+
+        def rerank(self, candidates, scores, k, rng):
+            return self.positions, self.propensity
+
+    for positions, propensity, problem in (
+            ([[0.0, 1.0]], [[1.0, 1.0]], "positions of dtype float64"),
+            ([[0, 100]], [[1.0, 1.0]], "position 100 for request 0, slot 1"),
+            ([[0, -2]], [[1.0, 1.0]], "position -2 for request 0, slot 1"),
+            ([[0, 1]], [[1.0, np.nan]], "propensity nan for request 0, slot 1"),
+            ([[0, 1]], [[1.5, 1.0]], "propensity 1.5 for request 0, slot 0")):
+        with pytest.raises(PipelineInputError, match=problem):
+            make(world, retrieve=5, reranker=Returns(positions, propensity)).run(
+                [Request(query="q1")], k=2)
 
     class WrongShape:
         name = "wrong"

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import polars as pl
-
 from tests.serving.test_cli import clickloop
 
 
@@ -16,19 +14,24 @@ def test_build_keeps_the_good_rows_and_search_finds_a_title(tmp_path: Path) -> N
     items = tmp_path / "items.csv"
     titles = ["acme navy wool coat", "kestrel red leather boot", "umbra grey cotton hoodie",
               "fjell olive canvas bag", "lumen white linen shirt"]
-    rows = [{"item_id": f"p{i}", "title": t} for i, t in enumerate(titles)]
-    rows += [{"item_id": "", "title": "no id"}, {"item_id": "p1", "title": "again"}]
-    pl.DataFrame(rows).write_csv(items)
+    lines = ["item_id,title"] + [f"p{i},{t}" for i, t in enumerate(titles)]
+    lines += [",no id", "p1,again", "007,", "008,one,field too many"]
+    latin1 = b"009,caf\xe9 latte\n"  # not UTF-8
+    items.write_bytes("\n".join(lines).encode() + b"\n" + latin1)
     out, cache = tmp_path / "index", tmp_path / "cache"
     built = clickloop("index", "build", "--items", str(items), "--out", str(out),
                       "--cache-dir", str(cache), "-q")
     assert built.returncode == 0, built.stderr
-    assert "2 rows rejected; the first: row 6, column 'item_id': empty" in built.stderr
+    for problem in ("5 rows rejected", "row 6, column 'item_id': empty",
+                    "row 7, column 'item_id': 'p1' repeats an earlier row",
+                    "row 8, column 'title': empty", "row 9, column 'title': 3 fields, the "
+                    "header has 2", "row 10, column 'title': not UTF-8 text"):
+        assert problem in built.stderr, built.stderr
     assert "Flat" in built.stdout and "index of 5 items" in built.stdout
     assert {p.name for p in out.iterdir()} >= {"index.faiss", "ids.json", "metadata.json",
                                                "items.parquet"}
     found = clickloop("index", "search", str(out), "red lether boots", "linen shirt", "-k", "2",
-                      "--exclude", "p0", "--cache-dir", str(cache), "--json")
+                      "--exclude", "p0", "--json")
     assert found.returncode == 0, found.stderr
     answers = [json.loads(line) for line in found.stdout.splitlines()]
     assert [a["items"][0]["item_id"] for a in answers] == ["p1", "p4"]
@@ -42,6 +45,16 @@ def test_build_keeps_the_good_rows_and_search_finds_a_title(tmp_path: Path) -> N
     assert again.stderr.count("\n") == 1
 
 
+def test_ids_are_kept_as_written(tmp_path: Path) -> None:
+    from serving.catalog import read_items
+
+    (tmp_path / "c.csv").write_text("item_id,title,price\n007,a,1\n1e3,b,x\n0012,c,2.5\n")
+    items, rejected = read_items(str(tmp_path / "c.csv"), ["price"])
+    assert items["item_id"].to_list() == ["007", "0012"]
+    assert items["price"].to_list() == [1.0, 2.5]
+    assert rejected == ["row 2, column 'price': not a number"]
+
+
 def test_refusals_name_the_problem(tmp_path: Path) -> None:
     missing = clickloop("index", "build", "--items", str(tmp_path / "none.csv"), "--out",
                         str(tmp_path / "x"))
@@ -52,3 +65,11 @@ def test_refusals_name_the_problem(tmp_path: Path) -> None:
     assert wrong.returncode == 2 and "has no column 'item_id'" in wrong.stderr
     nothing = clickloop("index", "search", str(tmp_path / "nowhere"), "coat")
     assert nothing.returncode == 2 and "error:" in nothing.stderr
+    for args, words in ((("build", "--world", "5", "--recall-k", "0"), "--recall-k=0 must be"),
+                        (("build", "--world", "5", "--batch-size", "0"), "--batch-size=0 must"),
+                        (("search", "nowhere", "q", "-k", "5", "--retrieve", "2"),
+                         "--retrieve=2 must be at least -k=5")):
+        refused = clickloop("index", *args, *(("--out", str(tmp_path / "y"))
+                                              if args[0] == "build" else ()))
+        assert refused.returncode == 2 and words in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
