@@ -302,3 +302,4 @@ class VectorIndex:
         self._tombstones = {int(i) for i in state.get("tombstones", [])}
         self._next_id = int(state["next_id"])
         self._names = None
+        self._name_table()  # built now, so the first search does not pay for it
