@@ -1,4 +1,5 @@
-"""Shared fixtures: the embedded broker (one per session), settings isolated per test."""
+"""Shared fixtures: the embedded broker (one per session), settings isolated per test, one
+torch thread for modules of small tensors."""
 
 from __future__ import annotations
 
@@ -54,3 +55,15 @@ def obd_dir() -> Path:
     if not (path / "random" / "men" / "men.csv").exists():
         pytest.skip("the Open Bandit Dataset sample is not in ../shared/data")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch intra-op thread for a module: its tensors are small, and on a shared 2-core
+    machine each parallel op waits for the other core to be free."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

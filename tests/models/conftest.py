@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # These models are tiny: intra-op threads only add synchronization, and on a shared
-    # 2-core machine each parallel op waits for the other core to be free.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def models_one_thread(one_thread: None) -> None:
+    """Every model test module runs on one torch thread (tests/conftest.py says why)."""
 
 
 # -- text embeddings (issue #13): the real all-MiniLM-L6-v2, loaded once per session ----------
