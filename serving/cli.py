@@ -32,6 +32,7 @@ from ingest.settings import Settings, SettingsError
 from ingest.transport import TransportError
 from serving.catalog import CatalogError, load_catalog
 from serving.index_cli import IndexCliError, add_index_commands
+from serving.ope_cli import OpeCliError, add_ope_command
 from serving.settings import load
 
 if TYPE_CHECKING:
@@ -926,6 +927,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     add_index_commands(commands)
+    add_ope_command(commands)
 
     p = commands.add_parser("status", help="show the local journals that hold events",
                             description="List each journal under ingest.journal_dir that holds "
@@ -945,8 +947,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load(args.config)
         return int(args.func(args, settings) or 0)
-    except (CliError, IndexCliError, CatalogError, SettingsError, BrokerError, LogError,
-            StoreLocked, JournalError, TransportError, OSError) as exc:
+    except (CliError, IndexCliError, OpeCliError, CatalogError, SettingsError, BrokerError,
+            LogError, StoreLocked, JournalError, TransportError, OSError) as exc:
         # One plain line, not wrapped to the terminal: scripts grep it.
         print(f"error: {exc}", file=sys.stderr)
         return 2
