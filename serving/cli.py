@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -32,8 +30,10 @@ from ingest.settings import Settings, SettingsError
 from ingest.transport import TransportError
 from serving.catalog import CatalogError, load_catalog
 from serving.index_cli import IndexCliError, add_index_commands
+from serving.learn_cli import LearnCliError, add_learn_command
 from serving.ope_cli import OpeCliError, add_ope_command
 from serving.settings import load
+from serving.signals import stop_on_signals
 
 if TYPE_CHECKING:
     from ingest.journal import Journal
@@ -55,17 +55,6 @@ def _bootstrap(settings: Settings, flag: str | None) -> str:
     return bootstrap
 
 
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-
-    def handler(signum: int, _frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return stop
-
-
 def _mapping(pairs: Sequence[str]) -> dict[str, str]:
     mapping = {}
     for pair in pairs:
@@ -80,7 +69,7 @@ def _mapping(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
-    stop = _stop_on_signals()  # before anything is printed: a caller may signal right away
+    stop = stop_on_signals()  # before anything is printed: a caller may signal right away
     broker = EmbeddedBroker(port=args.port, log_file=args.log_file)
     broker.start()
     console.print(f"[green]Tansu broker listening on {broker.bootstrap}[/] "
@@ -114,7 +103,7 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
 
     bootstrap = _bootstrap(settings, args.bootstrap)
     sink = ParquetLogStore(args.out) if args.out else NullSink()
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     started = time.perf_counter()
     with EventConsumer(settings, sink, bootstrap, group_id=args.group) as consumer:
         with Progress(TextColumn("[bold]consuming"), TextColumn("{task.description}"),
@@ -928,6 +917,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_index_commands(commands)
     add_ope_command(commands)
+    add_learn_command(commands)
 
     p = commands.add_parser("status", help="show the local journals that hold events",
                             description="List each journal under ingest.journal_dir that holds "
@@ -947,8 +937,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load(args.config)
         return int(args.func(args, settings) or 0)
-    except (CliError, IndexCliError, OpeCliError, CatalogError, SettingsError, BrokerError,
-            LogError, StoreLocked, JournalError, TransportError, OSError) as exc:
+    except (CliError, IndexCliError, OpeCliError, LearnCliError, CatalogError, SettingsError,
+            BrokerError, LogError, StoreLocked, JournalError, TransportError, OSError) as exc:
         # One plain line, not wrapped to the terminal: scripts grep it.
         print(f"error: {exc}", file=sys.stderr)
         return 2
