@@ -81,7 +81,8 @@ def _items(args: argparse.Namespace) -> Any:
         raise LearnCliError(f"--items {path}: no such file")
     try:
         frame = (pl.read_parquet(path) if path.suffix == ".parquet"
-                 else pl.read_csv(path, infer_schema_length=None))
+                 else pl.read_csv(path, infer_schema_length=None,
+                                  schema_overrides={"item_id": pl.String}))
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise LearnCliError(f"--items {path}: cannot read it: {exc}") from None
     if "item_id" not in frame.columns:
@@ -107,6 +108,8 @@ def _fields(text: str | None) -> tuple[str, ...]:
 
 
 def _learner(args: argparse.Namespace) -> Any:
+    import torch
+
     from bandits.context import ContextFeatures
     from bandits.learner import (
         LearnerConfig,
@@ -116,6 +119,12 @@ def _learner(args: argparse.Namespace) -> Any:
         TrainingRows,
     )
 
+    try:
+        torch.device(args.device)
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("CUDA is not available here")
+    except (RuntimeError, ValueError) as exc:
+        raise LearnCliError(f"--device {args.device}: {exc}") from None
     try:
         features = ContextFeatures(n_hash_buckets=args.hash_buckets,
                                    user_numeric=_fields(args.user_numeric),
@@ -150,7 +159,8 @@ def cmd_learn(args: argparse.Namespace, settings: Settings) -> int:
     last_message: float | None = None
     last_report = started
     try:
-        consumer = EventConsumer(settings, sink, bootstrap, group_id=args.group)
+        group = args.group or f"{settings.kafka.group_id}.learner"
+        consumer = EventConsumer(settings, sink, bootstrap, group_id=group)
     except BaseException:
         sink.close()
         raise
@@ -233,7 +243,9 @@ def add_learn_command(commands: Any) -> None:
                    help="buckets of the hashed categorical fields (default: 64)")
     p.add_argument("--cross", choices=("outer", "concat"), default="outer",
                    help="how user and item features combine (default: outer)")
-    p.add_argument("--group", help="consumer group (default: kafka.group_id)")
+    p.add_argument("--group", help="consumer group; learners sharing it split the partitions "
+                   "(default: kafka.group_id + '.learner', apart from the log consumers, so "
+                   "both read the whole stream)")
     p.add_argument("--idle-exit", type=float, metavar="SECONDS",
                    help="exit after this long without a message (default: run until "
                    "interrupted)")

@@ -10,15 +10,20 @@ click is counted and dropped: its impression was never seen or has already been 
 (``clicks_off_slate``).
 
 The join is the position-based reading of a slate (Joachims, Swaminathan and Schnabel,
-"Unbiased learning-to-rank with biased feedback", WSDM 2017): a shown, unclicked slot is a
-negative whose weight the examination propensity corrects, which is why a slate is only
-applied once its clicks can no longer come.
+"Unbiased learning-to-rank with biased feedback", WSDM 2017): every shown slot is a row, its
+click divided by the examination propensity of its position (see
+:class:`~bandits.learner.rows.TrainingRows`), which is why a slate is only applied once its
+clicks can no longer come.
 
-Decisions depend on event times, not on how the stream was cut into batches, so a learner
-restarted from a checkpoint joins exactly as one that ran through. The one exception is
-skew between partitions: the watermark is the newest time over every partition a learner
-reads, so a partition lagging behind the others by more than ``window_s`` less the
-click delay can see its impressions applied before their clicks arrive.
+For a stream in event-time order, decisions depend on event times, not on how the stream was
+cut into batches, so a learner restarted from a checkpoint joins exactly as one that ran
+through. Out of order, they can depend on where the flushes fall: the watermark advances
+once per flush, so a click that arrives after a later event has pushed the watermark past its
+impression's window joins if both came in one flush and is orphaned otherwise (the same holds
+for ``max_pending`` evictions). Skew between partitions is one such case: the watermark is
+the newest time over every partition a learner reads, so a partition lagging behind the
+others by more than ``window_s`` less the click delay can see its impressions applied before
+their clicks arrive.
 """
 
 from __future__ import annotations

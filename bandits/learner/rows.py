@@ -33,9 +33,15 @@ class TrainingRows:
     """Turns applied impressions into ``(x (n, d), reward (n,), weight (n,))``.
 
     ``features`` crosses the impression's context with each shown item's vector from
-    ``items``; ``reward`` is 1 for a clicked slot; ``weight`` is ``1 / examination[p - 1]``
-    for the slot's logged 1-based position p (:func:`bandits.slates.click_weights`; a
-    position past the curve takes its last value), clipped at ``max_weight`` when given.
+    ``items``; ``reward`` is ``click / examination[p - 1]`` for the slot's logged 1-based
+    position p (:func:`bandits.slates.click_weights`; a position past the curve takes its
+    last value; clipped at ``max_weight`` when given) and ``weight`` is 1. Under the
+    position-based model ``E[click] = theta_p * relevance``, so the corrected reward is an
+    unbiased estimate of the relevance and the ridge statistics regress on it (Joachims,
+    Swaminathan and Schnabel, WSDM 2017: the correction falls on the clicks). Weighting
+    every slot's row by ``1 / theta_p`` instead would cancel in the ridge solution for an
+    item always shown at one position, and the model would still learn ``theta_p *
+    relevance``.
     """
 
     features: ContextFeatures
@@ -75,9 +81,9 @@ class TrainingRows:
         vectors, known = self.items.lookup(ids, self.features.dtype)
         x = self.features.transform(_context_frame(impressions, self.features), vectors, known)
         x = x[torch.as_tensor(imp), torch.as_tensor(slot)]
-        reward = torch.as_tensor(slots["_clicked"].fill_null(False).to_numpy(),
-                                 dtype=torch.float64)
+        clicked_slot = torch.as_tensor(slots["_clicked"].fill_null(False).to_numpy(),
+                                       dtype=torch.float64)
         position = slots["position"].to_numpy().astype(np.int64).clip(1, len(self.examination))
-        weight = click_weights(torch.as_tensor(position), self.examination,
-                               max_weight=self.max_weight)
-        return x, reward, weight
+        correction = click_weights(torch.as_tensor(position), self.examination,
+                                   max_weight=self.max_weight)
+        return x, clicked_slot * correction, torch.ones_like(clicked_slot)

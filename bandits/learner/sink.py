@@ -123,7 +123,10 @@ class LearnerSink:
         features.pop("dtype")
         shape = {"policy": self.config.policy, "n_features": self.rows.dim,
                  "ridge": self.config.ridge, "item_dim": self.rows.items.dim,
-                 "features": features}
+                 "features": features,
+                 # The reward correction: two curves in one model would mix two targets.
+                 "examination": [float(v) for v in self.rows.examination],
+                 "max_weight": self.rows.max_weight}
         return json.loads(json.dumps(shape))  # as a checkpoint reads it back: lists, not tuples
 
     def _resume(self, state: LearnerState) -> None:
@@ -167,7 +170,7 @@ class LearnerSink:
             x, reward, weight = self.rows.build(taken, clicked)
             self.policy_.partial_fit(x, reward, weight)
             counters.rows_updated += len(x)
-            counters.rows_clicked += int(reward.sum())
+            counters.rows_clicked += int((reward > 0).sum())
             counters.updates += 1
         self._checkpoint = self._checkpoint.advanced(cluster_id, offsets)
         write_state(self.path, LearnerState(

@@ -135,6 +135,25 @@ def test_window_applies_the_oldest_beyond_max_pending() -> None:
     assert window.take_due(everything=True)[0].height == 2
 
 
+def test_examination_correction_recovers_relevance_whatever_the_position() -> None:
+    """Two items of relevance 0.3, one always shown at the top (theta 1), one always third
+    (theta_3): the corrected rewards, what the ridge statistics regress on, average 0.3 at
+    every position (tolerance 0.02), where raw clicks average theta_p * 0.3."""
+    rng = np.random.default_rng(5)
+    n = 20_000
+    imps = frame("impression", [impression(f"r{i}", float(i), ["i1", "i2", "i3"], None)
+                                for i in range(n)])
+    theta = np.array(CURVE[:3])
+    clicks = rng.random((n, 3)) < theta * 0.3
+    clicked = pl.DataFrame({"request_id": [f"r{i}" for i, s in np.argwhere(clicks)],
+                            "item_id": [f"i{s + 1}" for i, s in np.argwhere(clicks)]})
+    training = rows()
+    x, reward, weight = training.build(imps, clicked)
+    per_slot = reward.numpy().reshape(n, 3).mean(axis=0)
+    np.testing.assert_allclose(per_slot, [0.3, 0.3, 0.3], atol=0.02)
+    assert set(weight.tolist()) == {1.0}
+
+
 def test_rows_cross_context_and_item_with_examination_weights() -> None:
     vectors = items()
     training = rows()
@@ -144,9 +163,8 @@ def test_rows_cross_context_and_item_with_examination_weights() -> None:
     clicked = pl.DataFrame({"request_id": ["r1"], "item_id": ["i8"]})
     x, reward, weight = training.build(imps, clicked)
     assert x.shape == (4, training.dim)
-    assert reward.tolist() == [0.0, 1.0, 0.0, 0.0]
-    np.testing.assert_allclose(weight.numpy(), [1 / CURVE[0], 1 / CURVE[1], 1 / CURVE[2],
-                                                1 / CURVE[0]], rtol=1e-12)
+    np.testing.assert_allclose(reward.numpy(), [0.0, 1 / CURVE[1], 0.0, 0.0], rtol=1e-12)
+    assert weight.tolist() == [1.0, 1.0, 1.0, 1.0]
     v, known = vectors.lookup([["i3", "i8", "new"]])
     expected = FEATURES.transform([{"age": 7, "segment": "s2"}], v, known)[0]
     np.testing.assert_allclose(x[:3].numpy(), expected.numpy(), atol=1e-12)
