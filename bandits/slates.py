@@ -206,6 +206,12 @@ class PlackettLuce:
             raise ValueError(f"max_subsets={m!r} must be an integer >= 1")
 
     # -- the distribution ----------------------------------------------------------------------
+    def _check_shortlist(self, k: int) -> None:
+        # A shortlist shorter than the slate would silently show fewer than k items.
+        if self.shortlist is not None and self.shortlist < k:
+            raise ValueError(f"shortlist={self.shortlist} must be >= k={k}: the slate is "
+                             "drawn from the shortlist")
+
     def _restrict(self, s: torch.Tensor, m: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Scores and mask of the explored candidates, and their columns in the full row
@@ -238,6 +244,7 @@ class PlackettLuce:
         """Exact P(candidate n at slot j), shape (B, k, N), float64."""
         k = _check_k(k)
         s, m = _inputs(scores, mask)
+        self._check_shortlist(k)
         s_in, m_in, cols = self._restrict(s, m)
         self._check_cost(s_in.shape[1], k)
         _, w = self._weights(s_in, m_in)
@@ -280,6 +287,7 @@ class PlackettLuce:
     # -- drawing -------------------------------------------------------------------------------
     def _draw(self, s: torch.Tensor, m: torch.Tensor, k: int, uniform: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_shortlist(k)
         s_in, m_in, cols = self._restrict(s, m)
         self._check_cost(s_in.shape[1], k)
         logits, w = self._weights(s_in, m_in)

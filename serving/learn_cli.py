@@ -13,6 +13,7 @@ end it prints its counters and its freshness (event time to model updated).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -147,6 +148,10 @@ def cmd_learn(args: argparse.Namespace, settings: Settings) -> int:
     if not bootstrap:
         raise LearnCliError("no broker given: pass --bootstrap HOST:PORT or set "
                             "CLICKLOOP_KAFKA_BOOTSTRAP")
+    for flag, value in (("--idle-exit", args.idle_exit), ("--alpha", args.alpha),
+                        ("--ridge", args.ridge), ("--window", args.window)):
+        if value is not None and not math.isfinite(value):
+            raise LearnCliError(f"{flag}={value} must be a finite number")
     if args.idle_exit is not None and args.idle_exit <= 0:
         raise LearnCliError(f"--idle-exit={args.idle_exit} must be > 0 seconds")
     sink = _learner(args)

@@ -257,3 +257,10 @@ def test_pipeline_explores_unscored_items_with_the_row_floor(index) -> None:
     for r in shown_unknown:  # ... with the probability that was computed for it
         assert r.propensity == pytest.approx(float(table[r.position - 1,
                                                          column[r.item_id]]), rel=1e-12)
+
+
+def test_a_shortlist_shorter_than_the_slate_is_refused() -> None:
+    from bandits.slates import PlackettLuce
+
+    with pytest.raises(ValueError, match="shortlist=2 must be >= k=3"):
+        PlackettLuce(shortlist=2).sample(torch.zeros((1, 6)), 3)
