@@ -88,6 +88,7 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from bandits.ope import jsonable  # noqa: E402
 from bandits.policies import (  # noqa: E402
     CrossFeatures,
     DiagLinUCB,
@@ -693,7 +694,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report(results)
     out: Path = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
+    out.write_text(json.dumps(jsonable(results), indent=1, allow_nan=False))
     console.print(f"wrote {out} ({results['seconds']:.0f} s)")
     png = out.with_suffix(".png")
     if figure(results, png):

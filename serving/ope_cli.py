@@ -54,7 +54,13 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def cmd_ope(args: argparse.Namespace, settings: Settings) -> int:
-    from bandits.ope import OPEInputError, crossed_logistic, evaluate, logistic_baseline
+    from bandits.ope import (
+        OPEInputError,
+        crossed_logistic,
+        evaluate,
+        jsonable,
+        logistic_baseline,
+    )
     from bandits.ope.obd import on_policy_value, read_item_context, read_obd_log, read_policy_dist
 
     _check(args)
@@ -77,21 +83,9 @@ def cmd_ope(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n")
+        out.write_text(json.dumps(jsonable(report), indent=2, allow_nan=False) + "\n")
         console.print(f"wrote {out}")
     return 0
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` with every non-finite float written as a string (``"inf"``): SLOPE may pick
-    an infinite threshold (plain DR), which strict JSON cannot hold as a number."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _print(report: dict[str, Any]) -> None:

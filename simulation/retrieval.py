@@ -1,6 +1,6 @@
 """Dense retrieval over a simulated catalog's titles, beside the simulator's exact-word engine.
 
-The helpers that the retrieval checks of issue #13 share: an index of title vectors
+The helpers that the retrieval checks share: an index of title vectors
 (:func:`title_index`, exact ``Flat`` at catalog sizes up to :data:`ranking.index.FLAT_MAX`),
 item rows from it (:func:`dense_retrieve`), the exact-word engine of :mod:`simulation.search`
 on raw query strings (:func:`exact_word_retrieve`), and success@k against search intents

@@ -6,7 +6,7 @@ from bandits.ope.bootstrap import bootstrap_rows, counts_of, percentile_interval
 from bandits.ope.data import Estimate, OPEData, OPEInputError
 from bandits.ope.direct import DM
 from bandits.ope.dr import DR, SNDR
-from bandits.ope.evaluate import Estimator, default_estimators, evaluate
+from bandits.ope.evaluate import Estimator, default_estimators, evaluate, jsonable
 from bandits.ope.ipw import IPW, SNIPW
 from bandits.ope.replay import Replay
 from bandits.ope.reward_model import (
@@ -22,5 +22,5 @@ from bandits.ope.switch import SwitchDR
 __all__ = ["DM", "DR", "DROS", "IPW", "SNDR", "SNIPW", "Estimate", "Estimator", "OPEData",
            "OPEInputError", "Replay", "SwitchDR", "TabularFeatures", "bootstrap_rows",
            "counts_of", "cross_fit", "crossed_logistic", "default_estimators", "evaluate",
-           "logistic_baseline", "percentile_interval", "resampled_values", "slope_select",
-           "slope_tune", "weight_grid"]
+           "jsonable", "logistic_baseline", "percentile_interval", "resampled_values",
+           "slope_select", "slope_tune", "weight_grid"]

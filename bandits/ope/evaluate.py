@@ -90,3 +90,16 @@ def evaluate(data: OPEData, estimators: Sequence[Estimator] | None = None,
                                        else 0.0}
         report["estimators"][name] = entry
     return report
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` (an :func:`evaluate` report, or anything holding one) with every non-finite
+    float written as a string (``"inf"``): SLOPE may pick an infinite threshold (plain DR),
+    which strict JSON cannot hold as a number."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value

@@ -230,3 +230,14 @@ def test_real_obd_sample() -> None:
         assert abs(entry["estimate"] - truth) / truth < 0.6, (name, entry)
     low, high = report["estimators"]["ipw"]["ci"]
     assert low <= truth <= high
+
+
+def test_reports_with_an_infinite_threshold_are_strict_json() -> None:
+    import json
+
+    from bandits.ope import jsonable
+
+    report = {"estimators": {"dr-os": {"hyperparameter": math.inf, "ci": [0.1, -math.inf]}}}
+    text = json.dumps(jsonable(report), allow_nan=False)
+    assert json.loads(text) == {"estimators": {"dr-os": {"hyperparameter": "inf",
+                                                         "ci": [0.1, "-inf"]}}}

@@ -10,7 +10,7 @@ def models_one_thread(one_thread: None) -> None:
     """Every model test module runs on one torch thread (tests/conftest.py says why)."""
 
 
-# -- text embeddings (issue #13): the real all-MiniLM-L6-v2, loaded once per session ----------
+# -- text embeddings: the real all-MiniLM-L6-v2, loaded once per session ----------------------
 
 
 @pytest.fixture(scope="session")
