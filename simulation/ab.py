@@ -18,7 +18,7 @@ Controlled Experiments", 2020, ch. 17).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +31,7 @@ from ranking.policy import BatchPolicy
 from simulation.clicks import ClickModel
 from simulation.hashing import hash_bucket
 from simulation.policies import oracle_policy
-from simulation.simulator import CLICKED_REACTIONS, sample_candidates, simulate
+from simulation.simulator import CLICKED_REACTIONS, SimulatedLog, sample_candidates, simulate
 from simulation.world import World
 
 METRICS = ("ctr", "clicks", "ndcg", "reacted", "abandoned", "regret")
@@ -123,7 +123,18 @@ class ABResult:
 
 @dataclass(frozen=True)
 class ABTest:
-    """Variants (the first is the control) served side by side in one world."""
+    """Variants (the first is the control) served side by side in one world.
+
+    A variant with an ``update(users, slates, rewards, weight=None)`` method (an online
+    policy, e.g. :class:`bandits.policies.FeaturePolicy`) learns after every round from its
+    own impressions of that round: the reward of the item at position p is its click, or
+    with ``examination`` (theta_1..theta_k of the click model) the click divided by
+    theta_p, the inverse-propensity correction of position bias (Joachims, Swaminathan and
+    Schnabel, "Unbiased learning-to-rank with biased feedback", WSDM 2017), whose
+    expectation is the item's click probability once examined. Fixed variants are served as
+    they are; each variant's traffic and random streams do not depend on what the others
+    learn.
+    """
 
     world: World
     click_model: ClickModel
@@ -131,6 +142,23 @@ class ABTest:
     k: int = 10
     candidates: int = 20
     salt: int = 0
+    examination: Sequence[float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.examination is not None:
+            theta = np.asarray(self.examination, dtype=np.float64)
+            if theta.ndim != 1 or len(theta) < self.k or not np.all((theta > 0) & (theta <= 1)):
+                raise ValueError(f"examination={np.atleast_1d(theta).tolist()} must be at least "
+                                 f"k={self.k} probabilities in (0, 1]")
+
+    def _learn(self, policy: BatchPolicy, log: SimulatedLog) -> None:
+        update = getattr(policy, "update", None)
+        if not callable(update):
+            return
+        rewards = log.clicks.astype(np.float64)
+        if self.examination is not None:
+            rewards /= np.asarray(self.examination, dtype=np.float64)[: self.k]
+        update(log.users, log.slates, rewards)
 
     def run(self, rounds: int, impressions_per_round: int, seed: int = 0) -> ABResult:
         names = list(self.variants)
@@ -148,6 +176,7 @@ class ABTest:
                                k=self.k, candidates=self.candidates, users=mine,
                                seed=seed * 1000 + round_, first_request=round_ * 10**7,
                                keep_candidates=True)
+                self._learn(self.variants[name], log)
                 pool = log.candidates
                 ideal, _ = oracle.rank_batch(mine, pool, self.k, rng)
                 ideal_grades = self.world.relevance(mine[:, None], ideal)

@@ -12,7 +12,7 @@ from tests.conftest import SHARED_DATA
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 FIGURES = {
-    "ab_simulation": ["ab_cumulative.png"],
+    "ab_simulation": ["ab_cumulative.png", "ab_bandits.png"],
     "debiasing": ["ctr_by_position.png", "item_estimates.png", "ultr_ndcg.png",
                   "examination_curve.png"],
     "replay_obd": ["obd_statistics.png"],
@@ -50,6 +50,10 @@ def test_replay_obd_notebook_runs_on_the_sample_or_a_stand_in(
     if data == "obd" and not (obd / "random" / "men" / "men.csv").exists():
         pytest.skip("the Open Bandit Dataset sample is not in ../shared/data")
     monkeypatch.setenv("CLICKLOOP_OBD_DIR", str(obd if data == "obd" else tmp_path / "none"))
+    # Each resample refits the reward model: two are enough to run the off-policy section.
+    monkeypatch.setenv("CLICKLOOP_OPE_BOOTSTRAP", "2")
     book = _execute("replay_obd", tmp_path)
     assert (tmp_path / "figures" / "obd_statistics.png").stat().st_size > 10_000
+    assert (tmp_path / "figures" / "obd_ope.png").exists() == (data == "obd")
+    assert ("skipping the off-policy estimates" in _printed(book)) == (data == "stand-in")
     assert ("simulated stand-in" in _printed(book)) == (data == "stand-in")
