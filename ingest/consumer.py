@@ -6,7 +6,8 @@ as duplicates; the rest go to the sink as frames. Every ``flush_max_events`` eve
 ``flush_interval_s`` seconds the dead letters are sent (or journaled), the sink is flushed
 with the offsets it covers, and only then are offsets committed. At all times ``consumed ==
 applied + rejected + duplicates``. Ingest scales by partitions: consumers sharing a
-``group_id`` split them, each with its own sink.
+``group_id`` split them, each with its own sink; a sink that has ``revoke`` is told, after
+a flush, which partitions the consumer gave up (:class:`~ingest.sink.Sink`).
 
 A broker with another cluster id (an in-memory broker restarted) has lost the log the
 offsets point into: the consumer flushes and re-reads from the beginning, and
@@ -96,13 +97,24 @@ class EventConsumer:
 
     def _on_assign(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         self._cluster_id = self._client.cluster_id()
+        # A partition left out starts at the group's committed offset (else the beginning):
+        # both clients do so for a partition they are not told to seek.
         starts = self.sink.checkpoint().starts_for(self._cluster_id, partitions)
-        log.info("assigned %s on cluster %s; starting from the sink checkpoint at %s",
-                 partitions, self._cluster_id, starts)
+        log.info("assigned %s on cluster %s; starting from the sink checkpoint at %s, the "
+                 "rest from the group's committed offsets", partitions, self._cluster_id,
+                 starts)
         return starts
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         self.flush()
+        self._give_back(partitions)
+
+    def _give_back(self, partitions: list[TopicPartition]) -> None:
+        """After a flush (whose commit hands the partitions over): tell a sink that has
+        ``revoke`` which partitions this consumer no longer reads (see :class:`Sink`)."""
+        revoke = getattr(self.sink, "revoke", None)
+        if partitions and revoke is not None:
+            revoke(list(partitions))
 
     def poll_once(self) -> int:
         """One poll; returns how many messages it consumed."""
@@ -194,6 +206,9 @@ class EventConsumer:
         self._closing.set()
         try:
             self.flush()
+            # kafka-python leaves the group without revoking: give the partitions back here,
+            # so that a rejoin starts where the group got to, not where this consumer was.
+            self._give_back(self._client.assignment())
         finally:
             self._watcher.join()
             try:

@@ -45,8 +45,30 @@ class Checkpoint:
         base = self.offsets if cluster_id == self.cluster_id else {}
         return Checkpoint(cluster_id, {**base, **offsets})
 
+    def without(self, partitions: Sequence[TopicPartition]) -> Checkpoint:
+        """Forgetting ``partitions``: the next time they are assigned they start at the
+        group's committed offset (see :class:`Sink` on ``revoke``)."""
+        gone = set(partitions) & self.offsets.keys()
+        if not gone:
+            return self
+        return Checkpoint(self.cluster_id,
+                          {tp: o for tp, o in self.offsets.items() if tp not in gone})
+
 
 class Sink(Protocol):
+    """What :class:`~ingest.consumer.EventConsumer` writes to.
+
+    A sink may also have ``revoke(partitions: list[TopicPartition]) -> None``; the consumer
+    calls it, after a flush, for the partitions it gives up (at a rebalance and when it
+    closes). A sink's offsets for a partition are only right while no other consumer of
+    the group has read on in it; once it is given up, another member may have, so a sink
+    whose state must not see an event twice (the online learner) drops those offsets from
+    its checkpoint, durably, in ``revoke``, and the partition, when assigned again, starts
+    at the group's committed offset, which the flush before ``revoke`` committed. A sink
+    without ``revoke`` keeps its offsets, which is right for one whose checkpoint is the
+    only truth about what it holds (the parquet log store).
+    """
+
     def write(self, frames: EventFrames) -> None:
         """Accept validated events; they need not be durable until :meth:`flush` returns."""
 

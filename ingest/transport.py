@@ -149,6 +149,7 @@ class _KafkaPythonConsumer:
 
         self._error = KafkaError
         self._timeout_ms = settings.request_timeout_ms
+        self._in_listener = False
         try:
             self._consumer = KafkaConsumer(
                 **_consumer_options(settings, group_id), bootstrap_servers=bootstrap.split(","),
@@ -162,11 +163,18 @@ class _KafkaPythonConsumer:
         from kafka import ConsumerRebalanceListener
         from kafka.structs import TopicPartition as KTP
 
-        consumer = self._consumer
+        consumer, client = self._consumer, self
 
         class Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked):  # type: ignore[no-untyped-def]
-                on_revoke(_pairs(revoked))
+                # kafka-python calls this on its IO thread, where a blocking commit cannot
+                # wait for its own reply: the revoke's commit goes out asynchronously, ahead
+                # of the join request on the coordinator's connection.
+                client._in_listener = True
+                try:
+                    on_revoke(_pairs(revoked))
+                finally:
+                    client._in_listener = False
 
             def on_partitions_assigned(self, assigned):  # type: ignore[no-untyped-def]
                 for (topic, partition), offset in on_assign(_pairs(assigned)).items():
@@ -182,12 +190,19 @@ class _KafkaPythonConsumer:
         from kafka.structs import OffsetAndMetadata
         from kafka.structs import TopicPartition as KTP
 
+        offsets_ = {KTP(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
         try:
-            self._consumer.commit({KTP(t, p): OffsetAndMetadata(o, "", -1)
-                                   for (t, p), o in offsets.items()},
-                                  timeout_ms=self._timeout_ms)
+            if self._in_listener:
+                self._consumer.commit_async(offsets_, callback=self._async_committed)
+            else:
+                self._consumer.commit(offsets_, timeout_ms=self._timeout_ms)
         except self._error as exc:
             log.warning(_COMMIT_FAILED, exc)
+
+    @staticmethod
+    def _async_committed(offsets: Any, response: Any) -> None:
+        if isinstance(response, Exception):
+            log.warning(_COMMIT_FAILED, response)
 
     def seek_to_beginning(self, partitions: list[TopicPartition]) -> None:
         from kafka.structs import TopicPartition as KTP

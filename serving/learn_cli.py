@@ -63,7 +63,9 @@ def examination_curve(spec: str) -> tuple[float, ...]:
     return curve
 
 
-def _items(args: argparse.Namespace) -> Any:
+def read_item_vectors(args: argparse.Namespace) -> Any:
+    """The item vectors of ``--items FILE`` or ``--world N`` (also read by ``clickloop ope
+    --policy learner:DIR``)."""
     import numpy as np
     import polars as pl
 
@@ -131,9 +133,10 @@ def _learner(args: argparse.Namespace) -> Any:
                                    user_numeric=_fields(args.user_numeric),
                                    user_categorical=_fields(args.user_categorical),
                                    cross=args.cross)
-        rows = TrainingRows(features, _items(args), examination_curve(args.examination),
+        rows = TrainingRows(features, read_item_vectors(args), examination_curve(args.examination),
                             max_weight=args.max_weight)
         config = LearnerConfig(policy=args.policy, alpha=args.alpha, ridge=args.ridge,
+                               epsilon=args.epsilon,
                                window_s=args.window, max_pending=args.max_pending,
                                device=args.device)
         return LearnerSink(args.state, rows, config)
@@ -149,6 +152,7 @@ def cmd_learn(args: argparse.Namespace, settings: Settings) -> int:
         raise LearnCliError("no broker given: pass --bootstrap HOST:PORT or set "
                             "CLICKLOOP_KAFKA_BOOTSTRAP")
     for flag, value in (("--idle-exit", args.idle_exit), ("--alpha", args.alpha),
+                        ("--epsilon", args.epsilon),
                         ("--ridge", args.ridge), ("--window", args.window)):
         if value is not None and not math.isfinite(value):
             raise LearnCliError(f"{flag}={value} must be a finite number")
@@ -228,9 +232,13 @@ def add_learn_command(commands: Any) -> None:
     source.add_argument("--world", type=int, metavar="N",
                         help="the item vectors of a simulated world of N items instead")
     p.add_argument("--seed", type=int, default=0, help="seed of --world (default: 0)")
-    p.add_argument("--policy", choices=("diag-linucb", "linucb"), default="diag-linucb",
-                   help="diag-linucb merges across partitions (default: diag-linucb)")
-    p.add_argument("--alpha", type=float, default=1.0, help="exploration width (default: 1)")
+    p.add_argument("--policy", choices=("diag-linucb", "linucb", "epsilon-greedy"),
+                   default="diag-linucb", help="diag-linucb merges across partitions; "
+                   "epsilon-greedy is the baseline (default: diag-linucb)")
+    p.add_argument("--alpha", type=float, default=1.0,
+                   help="LinUCB's exploration width (default: 1)")
+    p.add_argument("--epsilon", type=float, default=0.1,
+                   help="epsilon-greedy's share of uniformly random slates (default: 0.1)")
     p.add_argument("--ridge", type=float, default=1.0, help="prior precision (default: 1)")
     p.add_argument("--examination", default="inverse", metavar="CURVE",
                    help="examination by position: inverse[:ETA], ultr[:ETA], uniform, or "
@@ -255,7 +263,9 @@ def add_learn_command(commands: Any) -> None:
                    help="exit after this long without a message (default: run until "
                    "interrupted)")
     p.add_argument("--drain", action="store_true",
-                   help="at exit, apply the impressions still waiting for clicks")
+                   help="at exit, apply the impressions still waiting for clicks as the end "
+                   "of the stream (without it they are applied too, when the learner gives "
+                   "its partitions back to the group, and counted as impressions_revoked)")
     p.add_argument("--device", default="cpu", help="torch device of the policy (default: cpu)")
     p.add_argument("--progress-every", type=float, default=5.0, metavar="SECONDS",
                    help="seconds between progress lines (default: 5)")

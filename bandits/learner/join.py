@@ -45,11 +45,14 @@ CLICKED_SCHEMA: dict[str, pl.DataType] = {"request_id": pl.String, "item_id": pl
 @dataclass(slots=True)
 class JoinCounters:
     """What the join did with what it was given (over the learner's whole life: the
-    counters travel in its checkpoint)."""
+    counters travel in its checkpoint). ``impressions_revoked``: of those applied, how many
+    went before their window closed because the learner gave up partitions
+    (:meth:`~bandits.learner.sink.LearnerSink.revoke`)."""
 
     impressions_seen: int = 0
     impressions_duplicate: int = 0
     impressions_applied: int = 0
+    impressions_revoked: int = 0
     clicks_seen: int = 0
     clicks_joined: int = 0
     clicks_orphaned: int = 0

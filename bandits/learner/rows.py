@@ -14,7 +14,7 @@ from bandits.context import ContextFeatures, ItemVectors
 from bandits.slates import click_weights
 
 
-def _context_frame(impressions: pl.DataFrame, features: ContextFeatures) -> pl.DataFrame:
+def context_frame(impressions: pl.DataFrame, features: ContextFeatures) -> pl.DataFrame:
     """The declared context fields of each impression as columns. A missing numeric field
     reads as 0, so one incomplete event cannot stop the learner. JSON booleans read as
     ``True``/``False``, as :class:`ContextFeatures` spells them for Python values."""
@@ -79,7 +79,7 @@ class TrainingRows:
         ids = np.full((n_imp, width), None, dtype=object)
         ids[imp, slot] = slots["item_id"].to_numpy()
         vectors, known = self.items.lookup(ids, self.features.dtype)
-        x = self.features.transform(_context_frame(impressions, self.features), vectors, known)
+        x = self.features.transform(context_frame(impressions, self.features), vectors, known)
         x = x[torch.as_tensor(imp), torch.as_tensor(slot)]
         clicked_slot = torch.as_tensor(slots["_clicked"].fill_null(False).to_numpy(),
                                        dtype=torch.float64)

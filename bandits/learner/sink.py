@@ -25,12 +25,12 @@ from bandits.learner.state import (
     read_state,
     write_state,
 )
-from bandits.policies import DiagLinUCB, LinUCB
+from bandits.policies import DiagLinUCB, EpsilonGreedy, LinUCB
 from ingest.frames import EventFrames
 from ingest.sink import Checkpoint, TopicPartition
 
 LOCK_FILE = "_learner.lock"
-POLICIES = ("diag-linucb", "linucb")
+POLICIES = ("diag-linucb", "linucb", "epsilon-greedy")
 
 
 class LearnerLocked(RuntimeError):
@@ -39,16 +39,19 @@ class LearnerLocked(RuntimeError):
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    """``policy``: ``"diag-linucb"`` (statistics that merge across partitions) or
-    ``"linucb"``; ``alpha``, ``ridge``: the policy's; ``window_s``, ``max_pending``: the
-    join window (:class:`~bandits.learner.join.JoinWindow`); ``remember_ids``: how many
+    """``policy``: ``"diag-linucb"`` (statistics that merge across partitions),
+    ``"linucb"`` or ``"epsilon-greedy"`` (the baseline: the same ridge statistics, served
+    greedily with ``epsilon`` exploration); ``alpha`` (the LinUCB pair's), ``ridge``,
+    ``epsilon`` (epsilon-greedy's): the policy's; ``window_s``, ``max_pending``: the join
+    window (:class:`~bandits.learner.join.JoinWindow`); ``remember_ids``: how many
     recent event ids the checkpoint keeps to re-seed the consumer's deduplication;
     ``freshness_samples``: how many recent freshness values are kept for the percentiles;
     ``device``: where the policy's statistics live."""
 
-    policy: Literal["diag-linucb", "linucb"] = "diag-linucb"
+    policy: Literal["diag-linucb", "linucb", "epsilon-greedy"] = "diag-linucb"
     alpha: float = 1.0
     ridge: float = 1.0
+    epsilon: float = 0.1
     window_s: float = 300.0
     max_pending: int = 100_000
     remember_ids: int = 100_000
@@ -64,6 +67,8 @@ class LearnerConfig:
                     name == "alpha" and value == 0)):
                 raise ValueError(f"{name}={value!r} must be a number > 0"
                                  + (" (or 0)" if name == "alpha" else ""))
+        if not isinstance(self.epsilon, int | float) or not 0 <= self.epsilon <= 1:
+            raise ValueError(f"epsilon={self.epsilon!r} must be a number in [0, 1]")
         for name in ("max_pending", "remember_ids", "freshness_samples"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -80,6 +85,22 @@ class LearnerSink:
     the counters and the offsets covered to ``state_dir`` as one atomically replaced file
     (:mod:`bandits.learner.state`). Opening a folder that holds a checkpoint resumes from
     it, so a learner restarted after a crash, at any point, ends as one that never stopped.
+
+    Several learners in one consumer group: when the consumer gives up partitions (a
+    rebalance, or its close) it flushes and commits, then calls :meth:`revoke`, which
+    applies every waiting impression with the clicks joined so far, forgets the offsets
+    of the revoked partitions and checkpoints. The new owner starts at the committed offset,
+    after those impressions, so no impression is applied twice: a later click of one of
+    them reaches the new owner, which never saw the impression and counts it in
+    ``clicks_orphaned``; ``impressions_revoked`` counts the impressions applied early. All
+    waiting impressions go, not only the revoked partitions' (an impression does not record
+    its partition): with the clients' default, eager, rebalancing every partition is
+    revoked at every rebalance anyway, and under a cooperative one the kept partitions'
+    later clicks are orphaned in the same counted way. A learner closed and started again
+    resumes from its group's committed offsets (committed at the close); one killed keeps
+    its offsets and resumes exactly from them; if another member read on in one of its
+    partitions meanwhile, that member's events are read again (a limit of per-member
+    checkpoints: only the group's committed offset is shared).
 
     One learner per folder at a time (an exclusive ``flock``). Learned: ``policy_``,
     ``window_`` (the join, with its counters); :meth:`freshness` reports how long after an
@@ -101,9 +122,14 @@ class LearnerSink:
             raise LearnerLocked(f"learner state {self.state_dir} is held by another "
                                 "learner (one per folder)") from None
         cfg = self.config
-        policy_cls = DiagLinUCB if cfg.policy == "diag-linucb" else LinUCB
-        self.policy_: DiagLinUCB | LinUCB = policy_cls(rows.dim, alpha=cfg.alpha,
-                                                       ridge=cfg.ridge, device=cfg.device)
+        self.policy_: DiagLinUCB | LinUCB | EpsilonGreedy
+        if cfg.policy == "epsilon-greedy":
+            self.policy_ = EpsilonGreedy(rows.dim, epsilon=cfg.epsilon, ridge=cfg.ridge,
+                                         device=cfg.device)
+        else:
+            policy_cls = DiagLinUCB if cfg.policy == "diag-linucb" else LinUCB
+            self.policy_ = policy_cls(rows.dim, alpha=cfg.alpha, ridge=cfg.ridge,
+                                      device=cfg.device)
         self.window_ = JoinWindow(cfg.window_s, cfg.max_pending)
         self._checkpoint = Checkpoint(None)
         self._recent = pl.DataFrame(schema={"event_id": pl.String})
@@ -154,17 +180,29 @@ class LearnerSink:
             self._recent = pl.concat([self._recent, pl.DataFrame(
                 {"event_id": pl.concat(ids)})]).tail(self.config.remember_ids)
         self.window_.add(impressions, clicks)
-        self._commit(*self.window_.take_due(), cluster_id, offsets)
+        self._commit(*self.window_.take_due(), self._checkpoint.advanced(cluster_id, offsets))
 
     def drain(self) -> int:
         """Apply every waiting impression now (the end of a stream: no more clicks will
         come) and checkpoint; returns how many were applied."""
         taken, clicked = self.window_.take_due(everything=True)
-        self._commit(taken, clicked, self._checkpoint.cluster_id, {})
+        self._commit(taken, clicked, self._checkpoint)
         return taken.height
 
-    def _commit(self, taken: pl.DataFrame, clicked: pl.DataFrame, cluster_id: str | None,
-                offsets: dict[TopicPartition, int]) -> None:
+    def revoke(self, partitions: list[TopicPartition]) -> None:
+        """The consumer gave up ``partitions`` (after a flush): apply every waiting
+        impression and forget those partitions' offsets, durably (see the class doc)."""
+        if not partitions:
+            return
+        checkpoint = self._checkpoint.without(partitions)
+        if not self.window_.pending_.height and checkpoint is self._checkpoint:
+            return
+        taken, clicked = self.window_.take_due(everything=True)
+        self.window_.counters_.impressions_revoked += taken.height
+        self._commit(taken, clicked, checkpoint)
+
+    def _commit(self, taken: pl.DataFrame, clicked: pl.DataFrame,
+                checkpoint: Checkpoint) -> None:
         counters = self.window_.counters_
         if taken.height:
             x, reward, weight = self.rows.build(taken, clicked)
@@ -172,7 +210,7 @@ class LearnerSink:
             counters.rows_updated += len(x)
             counters.rows_clicked += int((reward > 0).sum())
             counters.updates += 1
-        self._checkpoint = self._checkpoint.advanced(cluster_id, offsets)
+        self._checkpoint = checkpoint
         write_state(self.path, LearnerState(
             policy=self.policy_.state_dict(), pending=self.window_.pending_,
             clicked=self.window_.clicked_, recent_ids=self._recent,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from bandits.learner.join import CLICKED_SCHEMA, PENDING_SCHEMA
 from ingest.atomic import write_atomic
 from ingest.sink import Checkpoint
 
@@ -28,6 +30,8 @@ STATE_FILE = "learner.safetensors"
 FORMAT = "clickloop-learner/1"
 _POLICY = "policy."
 _FRAMES = ("pending", "clicked", "recent_ids")
+_COLUMNS = {"pending": list(PENDING_SCHEMA), "clicked": list(CLICKED_SCHEMA),
+            "recent_ids": ["event_id"]}
 
 
 class LearnerStateError(ValueError):
@@ -90,16 +94,73 @@ def read_state(path: str | Path) -> LearnerState:
         if isinstance(exc, LearnerStateError | FileNotFoundError):
             raise
         raise LearnerStateError(f"{path}: cannot read the learner checkpoint: {exc}") from None
-    frames = {name: pl.read_parquet(io.BytesIO(tensors[name].numpy().tobytes()))
-              for name in _FRAMES}
-    offsets = {(t, int(p)): int(o) for t, p, o in json.loads(metadata["offsets"])}
+    frames = {name: _frame(path, tensors, name) for name in _FRAMES}
+    offsets = _field(path, metadata, "offsets", _offsets)
     return LearnerState(
         policy={name[len(_POLICY):]: value for name, value in tensors.items()
                 if name.startswith(_POLICY)},
         pending=frames["pending"], clicked=frames["clicked"],
         recent_ids=frames["recent_ids"],
-        checkpoint=Checkpoint(json.loads(metadata["cluster_id"]), offsets),
-        watermark=float(metadata["watermark"]),
-        counters=json.loads(metadata["counters"]),
-        config=json.loads(metadata["config"]),
+        checkpoint=Checkpoint(_field(path, metadata, "cluster_id", _cluster_id), offsets),
+        watermark=_field(path, metadata, "watermark", float),
+        counters=_field(path, metadata, "counters", _counters),
+        config=_field(path, metadata, "config", _object),
     )
+
+
+def _field(path: Path, metadata: dict[str, str], name: str, parse: Callable[[str], Any]
+           ) -> Any:
+    """``parse(metadata[name])``, or a :class:`LearnerStateError` naming the file and the
+    field (a checkpoint edited by hand or written by another version)."""
+    if name not in metadata:
+        raise LearnerStateError(f"{path}: the learner checkpoint has no field {name!r}")
+    try:
+        return parse(metadata[name])
+    except (ValueError, TypeError) as exc:
+        raise LearnerStateError(f"{path}: field {name}={metadata[name][:80]!r} is not "
+                                f"valid: {exc}") from None
+
+
+def _object(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise TypeError(f"must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def _counters(text: str) -> dict[str, int]:
+    value = _object(text)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in value.values()):
+        raise TypeError("every counter must be an integer")
+    return value
+
+
+def _cluster_id(text: str) -> str | None:
+    value = json.loads(text)
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"must be a string or null, not {type(value).__name__}")
+    return value
+
+
+def _offsets(text: str) -> dict[tuple[str, int], int]:
+    value = json.loads(text)
+    if not isinstance(value, list) or not all(
+            isinstance(e, list) and len(e) == 3 and isinstance(e[0], str)
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in e[1:])
+            for e in value):
+        raise TypeError("must be a list of [topic, partition, offset]")
+    return {(t, p): o for t, p, o in value}
+
+
+def _frame(path: Path, tensors: dict[str, torch.Tensor], name: str) -> pl.DataFrame:
+    if name not in tensors:
+        raise LearnerStateError(f"{path}: the learner checkpoint has no field {name!r}")
+    try:
+        frame = pl.read_parquet(io.BytesIO(tensors[name].numpy().tobytes()))
+    except Exception as exc:  # polars raises its own error types for a bad parquet
+        raise LearnerStateError(f"{path}: field {name} is not a parquet frame: {exc}"
+                                ) from None
+    missing = [c for c in _COLUMNS[name] if c not in frame.columns]
+    if missing:
+        raise LearnerStateError(f"{path}: field {name} lacks the columns {missing}")
+    return frame

@@ -283,3 +283,75 @@ def test_group_consumer_reads_a_log_store_offsets_from_its_checkpoint(
     assert counters.as_dict() == {"consumed": 500, "applied": 500, "rejected": 0,
                                   "duplicates": 0}
     assert scan(tmp_path / "log", "click").select(pl.len()).collect().item() == 3500
+
+
+class _Tracked(EventConsumer):
+    """Records its partitions from the rebalance callbacks, on its own thread
+    (confluent-kafka's ``assignment()`` waits on a ``consume`` of another thread)."""
+
+    owned: frozenset[tuple[str, int]] = frozenset()
+
+    def _on_assign(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        starts = super()._on_assign(partitions)
+        self.owned = frozenset(partitions)
+        return starts
+
+    def _on_revoke(self, partitions: list[tuple[str, int]]) -> None:
+        self.owned = frozenset()
+        super()._on_revoke(partitions)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_offsets_read_but_not_flushed_are_committed_when_a_partition_changes_hands(
+        broker: EmbeddedBroker, settings_factory: Callable[..., Settings], backend: str
+) -> None:
+    """The first member reads every event with no flush due; when a second member joins,
+    the first flushes and commits in its revoke, so the second starts its partition where
+    the first got to: the group holds every event once."""
+    settings = settings_factory(
+        kafka={"backend": backend, "partitions": 2, "session_timeout_ms": 3000},
+        ingest={"flush_interval_s": 3600.0, "flush_max_events": 1_000_000})
+    first_events, later = clicks(300, "a"), clicks(100, "b")
+    sinks = [MemorySink(), MemorySink()]
+    consumers: list[_Tracked] = []
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run(consumer: EventConsumer) -> None:
+        try:
+            consumer.run(should_stop=stop.is_set)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+            errors.append(exc)
+
+    def start(sink: MemorySink) -> None:
+        consumers.append(_Tracked(settings, sink, broker.bootstrap))
+        thread = threading.Thread(target=run, args=(consumers[-1],))
+        thread.start()
+        threads.append(thread)
+
+    threads: list[threading.Thread] = []
+    try:
+        start(sinks[0])
+        wait_for(lambda: len(consumers[0].owned) == 2, 30, "one member")
+        with EventProducer(settings, broker.bootstrap) as producer:
+            producer.send(first_events)
+        wait_for(lambda: consumers[0].counters.consumed == 300, 30, "the first events read")
+        start(sinks[1])
+        wait_for(lambda: bool(errors)
+                 or all(len(c.owned) == 1 for c in consumers),
+                 30, "the two members to split the partitions")
+        assert not errors, f"a member failed in the rebalance: {errors[0]!r}"
+        with EventProducer(settings, broker.bootstrap) as producer:
+            producer.send(later)
+        every = {e.event_id for e in [*first_events, *later]}
+        wait_for(lambda: bool(errors) or all(any(e in c._window for c in consumers)
+                                             for e in every), 30, "every event read")
+        assert not errors, f"a member failed: {errors[0]!r}"
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        for consumer in consumers:
+            consumer.close()
+    held = sorted(e.event_id for sink in sinks for e in sink.events)
+    assert held == sorted(every)  # none twice: the second member read on from the commit
