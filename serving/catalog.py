@@ -98,11 +98,12 @@ def read_items(path: str, feature_columns: Sequence[str] = (), *, require_title:
     return items, rejected
 
 
-def report_rejected(path: str, rejected: Sequence[str]) -> None:
-    """The rejected rows on standard error: the first few, then how many more."""
+def report_rejected(path: str, rejected: Sequence[str], flag: str = "--items") -> None:
+    """The rejected rows of the file given as ``flag`` on standard error: the first few,
+    then how many more."""
     if not rejected:
         return
-    print(f"--items {path}: {len(rejected):,} rows rejected", file=sys.stderr)
+    print(f"{flag} {path}: {len(rejected):,} rows rejected", file=sys.stderr)
     for line in rejected[:SHOWN_REJECTS]:
         print(f"  {line}", file=sys.stderr)
     if len(rejected) > SHOWN_REJECTS:

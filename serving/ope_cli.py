@@ -3,13 +3,19 @@
 Every estimator of :mod:`bandits.ope` on the behaviour log, with bootstrap intervals and, when
 an on-policy log of the evaluation policy is given, their relative errors against its mean
 reward. The reward model is cross-fitted again on every bootstrap resample, as Open Bandit
-Pipeline does, so the figures are comparable with its own."""
+Pipeline does, so the figures are comparable with its own.
+
+The behaviour log is an Open Bandit Dataset file, a generic CSV or parquet log, or a parquet
+log store (:mod:`bandits.ope.generic`); the evaluation policy a probability table or one of
+ours by name (:mod:`bandits.ope.policies`). Every format goes through the same
+:class:`~bandits.ope.obd.ObdLog` reward refit and :func:`~bandits.ope.evaluate`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,25 +38,121 @@ def _check(args: argparse.Namespace) -> None:
                           "resamples")
     if args.folds < 2:
         raise OpeCliError(f"--folds={args.folds} must be at least 2")
-    if args.format != "obd":
-        raise OpeCliError(
-            f"--format {args.format}: not available yet. `clickloop ope` reads Open Bandit "
-            "Dataset logs (--format obd); a generic or log-store log has string item ids and "
-            "no item x position index for --policy-dist to refer to, and no per-row user "
-            "features for the reward model. Export it in the OBD layout (item_id 0..n-1, "
-            "position 1..k, click, propensity_score, user_feature_*) to evaluate it.")
+    if args.policy_dist is None and args.policy is None:
+        raise OpeCliError("no evaluation policy: pass --policy-dist FILE or --policy NAME")
+    kind = None
     if args.policy is not None:
-        raise OpeCliError(f"--policy {args.policy}: not available yet: there is no registry "
-                          "of our policies' action distributions; give the evaluation policy "
-                          "as --policy-dist FILE (item x position probabilities)")
-    if args.policy_dist is None:
-        raise OpeCliError("no evaluation policy: pass --policy-dist FILE")
-    if args.item_context is None:
+        from bandits.ope import OPEInputError
+        from bandits.ope.policies import parse_policy
+
+        try:
+            kind, _ = parse_policy(args.policy)
+        except OPEInputError as exc:
+            raise OpeCliError(f"--policy {args.policy}: {exc}") from None
+        if kind == "learner" and args.format != "log":
+            raise OpeCliError(f"--policy {args.policy} needs --format log: the learner scores "
+                              "items under each impression's context JSON, which only a log "
+                              f"store keeps (--format {args.format} has none)")
+        if kind == "learner" and args.items is None:
+            raise OpeCliError(f"--policy {args.policy} needs --items FILE: the item vectors "
+                              "the learner was trained with (as for clickloop learn --items)")
+    if args.items is not None and kind != "learner":
+        raise OpeCliError("--items is for --policy learner:DIR only")
+    if args.format == "obd" and args.item_context is None:
         raise OpeCliError("--format obd needs --item-context FILE (OBD's item_context.csv)")
-    for flag in ("log", "item_context", "policy_dist", "truth_log"):
+    if args.context_fields is not None and args.format != "log":
+        raise OpeCliError(f"--context-fields is for --format log only (not {args.format})")
+    folders = ("log", "truth_log") if args.format == "log" else ()
+    for flag in ("log", "item_context", "policy_dist", "truth_log", "items"):
         path = getattr(args, flag)
-        if path is not None and not Path(path).is_file():
+        if path is None:
+            continue
+        if flag in folders and not Path(path).is_dir():
+            raise OpeCliError(f"--{flag.replace('_', '-')} {path}: no such log store folder")
+        if flag not in folders and not Path(path).is_file():
             raise OpeCliError(f"--{flag.replace('_', '-')} {path}: no such file")
+
+
+def _obd_log(args: argparse.Namespace) -> tuple[Any, float | None]:
+    """The OBD log with its evaluation policy, and the truth log's value."""
+    import numpy as np
+
+    from bandits.ope import OPEData
+    from bandits.ope.obd import on_policy_value, read_item_context, read_obd_log, read_policy_dist
+    from bandits.ope.policies import logged_policy, parse_policy, uniform_policy
+
+    items = read_item_context(args.item_context)
+    truth = on_policy_value(args.truth_log) if args.truth_log else None
+    if args.policy_dist is not None:
+        return read_obd_log(args.log, items, read_policy_dist(args.policy_dist)), truth
+    from ingest.adapters.obd import read_obd
+
+    # The policy is built on the log's own positions, so they are read first.
+    positions = int(read_obd(args.log)["position"].max() or 1)
+    log = read_obd_log(args.log, items, np.full((items.shape[0], positions),
+                                                1.0 / items.shape[0]))
+    data = log.data
+    kind, _ = parse_policy(args.policy)
+    dist = (uniform_policy(data.n, data.n_actions, data.n_positions) if kind == "uniform" else
+            logged_policy(data.action, data.position, data.n_actions, data.n_positions))
+    data = OPEData(data.reward, data.action, data.position, data.pscore, dist)
+    return replace(log, data=data), truth
+
+
+def _read_slates(args: argparse.Namespace, path: str, flag: str) -> Any:
+    from bandits.ope.generic import read_generic_log, read_log_store
+    from serving.catalog import report_rejected
+
+    if args.format == "log":
+        fields = None if args.context_fields is None else tuple(
+            f.strip() for f in args.context_fields.split(",") if f.strip())
+        return read_log_store(path, fields)
+    slates = read_generic_log(path)
+    report_rejected(path, slates.rejected, flag)
+    return slates
+
+
+def _slate_log(args: argparse.Namespace) -> tuple[Any, float | None]:
+    """A generic or log-store log with its evaluation policy, and the truth log's value."""
+    from bandits.ope.generic import policy_matrix, read_item_features, read_policy_table
+    from bandits.ope.policies import (
+        learner_scores,
+        logged_policy,
+        parse_policy,
+        top_k_policy,
+        uniform_policy,
+    )
+
+    slates = _read_slates(args, args.log, "--log")
+    truth = None
+    if args.truth_log:
+        truth = float(_read_slates(args, args.truth_log, "--truth-log").reward.mean())
+    if args.policy_dist is not None:
+        table = read_policy_table(args.policy_dist)
+        slates = slates.with_items(table["item_id"].to_list())
+        positions = max(slates.n_positions, int(table["position"].max()))
+        dist = policy_matrix(table, slates.item_ids, positions, f"--policy-dist "
+                                                                f"{args.policy_dist}")
+    else:
+        kind, folder = parse_policy(args.policy)
+        a, p = slates.n_items, slates.n_positions
+        if kind == "uniform":
+            dist = uniform_policy(slates.n, a, p)
+        elif kind == "logged":
+            dist = logged_policy(slates.action, slates.position, a, p)
+        else:
+            from serving.learn_cli import LearnCliError, read_item_vectors
+
+            try:
+                vectors = read_item_vectors(
+                    argparse.Namespace(world=None, items=args.items, seed=0))
+            except LearnCliError as exc:
+                raise OpeCliError(str(exc)) from None
+            scores = learner_scores(folder, vectors, slates.item_ids, slates.contexts)
+            dist = top_k_policy(scores, slates.slate, p)
+    item = (read_item_features(args.item_context, slates.item_ids)
+            if args.item_context else None)
+    return slates.evaluation(dist, item), truth
 
 
 def cmd_ope(args: argparse.Namespace, settings: Settings) -> int:
@@ -61,13 +163,10 @@ def cmd_ope(args: argparse.Namespace, settings: Settings) -> int:
         jsonable,
         logistic_baseline,
     )
-    from bandits.ope.obd import on_policy_value, read_item_context, read_obd_log, read_policy_dist
 
     _check(args)
     try:
-        log = read_obd_log(args.log, read_item_context(args.item_context),
-                           read_policy_dist(args.policy_dist))
-        truth = on_policy_value(args.truth_log) if args.truth_log else None
+        log, truth = _obd_log(args) if args.format == "obd" else _slate_log(args)
         crossed = args.reward_model == "crossed"
         refit = log.refit(crossed_logistic if crossed else logistic_baseline, cross=crossed,
                           folds=args.folds)
@@ -77,8 +176,11 @@ def cmd_ope(args: argparse.Namespace, settings: Settings) -> int:
                               truth=truth, refit=refit)
     except OPEInputError as exc:
         raise OpeCliError(str(exc)) from None
-    report |= {"log": str(args.log), "policy_dist": str(args.policy_dist),
-               "reward_model": args.reward_model, "folds": args.folds, "seed": args.seed}
+    report |= {"log": str(args.log), "format": args.format,
+               "policy_dist": None if args.policy_dist is None else str(args.policy_dist),
+               "policy": args.policy, "n_items": log.data.n_actions,
+               "n_positions": log.data.n_positions, "reward_model": args.reward_model,
+               "folds": args.folds, "seed": args.seed}
     _print(report)
     if args.json:
         out = Path(args.json)
@@ -117,22 +219,49 @@ def add_ope_command(commands: Any) -> None:
         "(both tuned by SLOPE) and replay on the behaviour log, with percentile bootstrap "
         "intervals; the reward model is cross-fitted on every resample. With --truth-log, "
         "the relative error of each against that log's mean reward.")
-    p.add_argument("--log", required=True, metavar="FILE", help="the behaviour log")
+    p.add_argument("--log", required=True, metavar="PATH",
+                   help="the behaviour log: a file (--format obd, generic) or a log store "
+                   "folder (--format log)")
     p.add_argument("--format", choices=("obd", "generic", "log"), default="obd",
-                   help="the log's layout: obd (Open Bandit Dataset CSV); generic and log "
-                   "(a parquet log store) are not available yet (default: obd)")
+                   help="the log's layout. obd: Open Bandit Dataset CSV (item_id 0..n-1, "
+                   "position, click, propensity_score, user_feature_*, "
+                   "user-item_affinity_*). generic: CSV or parquet, one row per shown slot: "
+                   "item_id (text), position (1 = top), reward or click, propensity (the "
+                   "logging policy's probability of that item at that position), optional "
+                   "round or request_id and numeric user_* columns; a bad row is rejected "
+                   "(listed on stderr with its line and column) and the others kept. log: a "
+                   "parquet log store written by the consumer; reward = clicked, user "
+                   "features = the numeric fields of each impression's context JSON. For "
+                   "generic and log, items are indexed by their sorted ids (default: obd)")
     p.add_argument("--item-context", metavar="FILE",
-                   help="OBD's item_context.csv: the items' features")
+                   help="the items' features. obd (required): OBD's item_context.csv. "
+                   "generic, log (optional): CSV or parquet of item_id and numeric columns; "
+                   "without it the reward model knows items by a one-hot alone")
+    p.add_argument("--context-fields", metavar="A,B",
+                   help="--format log: the context JSON's numeric fields to use as user "
+                   "features (default: every numeric one; a missing one reads 0)")
     policy = p.add_mutually_exclusive_group()
     policy.add_argument("--policy-dist", metavar="FILE",
-                        help="the evaluation policy: CSV of item (rows, item 0 first) x "
+                        help="the evaluation policy. obd: CSV of item (rows, item 0 first) x "
                         "position (columns, position 1 first) probabilities, lines starting "
-                        "with # skipped, like OBD's bts_action_dist.csv")
+                        "with # skipped, like OBD's bts_action_dist.csv. generic, log: CSV "
+                        "item_id,position,probability (long format; what it does not list "
+                        "gets 0); each position's probabilities must sum to 1 (within 1e-6)")
     policy.add_argument("--policy", metavar="NAME",
-                        help="a policy of ours (not available yet: use --policy-dist)")
-    p.add_argument("--truth-log", metavar="FILE",
-                   help="an on-policy log of the evaluation policy (same format); its mean "
-                   "reward is the true value the relative errors are measured against")
+                        help="a policy of ours instead. uniform: every item equally likely "
+                        "at each position. logged: the behaviour policy's own item x position "
+                        "frequencies in the log, a sanity check whose true value is the log's "
+                        "mean reward (IPW and SNIPW give exactly that mean where the logged "
+                        "propensities are those frequencies). learner:DIR: a `clickloop "
+                        "learn` checkpoint folder, showing for each logged impression the "
+                        "items of highest mean estimate, best first (needs --format log and "
+                        "--items)")
+    p.add_argument("--items", metavar="FILE",
+                   help="--policy learner:DIR: the item vectors it was trained with, a CSV or "
+                   "parquet of item_id and numeric columns (as for clickloop learn --items)")
+    p.add_argument("--truth-log", metavar="PATH",
+                   help="an on-policy log of the evaluation policy (same format as --log); "
+                   "its mean reward is the true value the relative errors are measured against")
     p.add_argument("--bootstrap", type=int, default=30,
                    help="bootstrap resamples of the log (default: 30)")
     p.add_argument("--reward-model", choices=("logistic", "crossed"), default="logistic",
