@@ -32,6 +32,7 @@ from serving.catalog import CatalogError, load_catalog
 from serving.index_cli import IndexCliError, add_index_commands
 from serving.learn_cli import LearnCliError, add_learn_command
 from serving.ope_cli import OpeCliError, add_ope_command
+from serving.rewrite_cli import RewriteCliError, add_rewrite_command
 from serving.settings import load
 from serving.signals import stop_on_signals
 
@@ -675,8 +676,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                        "slates leave too few clicks to train the rankers on")
     if not args.verbose:  # Lightning announces devices and advertises at INFO
         logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    if args.bandit_rounds < 1:
+        raise CliError(f"--bandit-rounds={args.bandit_rounds} must be at least 1")
     return run_quickstart(settings, impressions=args.impressions, workdir=args.workdir,
-                          bootstrap=args.bootstrap, console=results)
+                          bootstrap=args.bootstrap, console=results,
+                          bandit_rounds=args.bandit_rounds)
 
 
 # -------------------------------------------------------------------------------- parser
@@ -695,18 +699,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("run", help="the quick-start job: stream, log, debiased rankers",
+    p = commands.add_parser("run", help="the quick-start job: stream, log, debiased rankers, "
+                            "retrieval, online bandits",
                             description="Start the embedded broker (unless a bootstrap is "
                             "set), stream a simulated production click log through Kafka into "
                             "the parquet log store, with some malformed messages that must land "
                             "in the DLQ; then estimate the examination curve from the log by "
                             "regression-EM, train a naive and a propensity-weighted ranker on "
-                            "it, and print their true nDCG@10 on contexts never logged.")
+                            "it, and print their true nDCG@10 on contexts never logged. Then "
+                            "embed the catalog's titles, build the FAISS index and search it "
+                            "with noisy queries. Last, serve simulated users with LinUCB and "
+                            "epsilon-greedy, each learning online from its own Kafka topic, "
+                            "beside random slates: reward over time, regret and freshness.")
     p.add_argument("--impressions", type=int, default=20_000,
                    help="slates of 10 to simulate, at least 1000 (default: 20000)")
     p.add_argument("--workdir", default=".clickloop/run",
                    help="where the log store and the plot go (default: .clickloop/run)")
     p.add_argument("--bootstrap", help="use this broker instead of the embedded one")
+    p.add_argument("--bandit-rounds", type=int, default=30,
+                   help="rounds of the online bandit demo, 200 requests per arm each "
+                   "(default: 30)")
     p.set_defaults(func=cmd_run)
 
     p = commands.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu)",
@@ -918,6 +930,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_index_commands(commands)
     add_ope_command(commands)
     add_learn_command(commands)
+    add_rewrite_command(commands)
 
     p = commands.add_parser("status", help="show the local journals that hold events",
                             description="List each journal under ingest.journal_dir that holds "
@@ -937,8 +950,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load(args.config)
         return int(args.func(args, settings) or 0)
-    except (CliError, IndexCliError, OpeCliError, LearnCliError, CatalogError, SettingsError,
-            BrokerError, LogError, StoreLocked, JournalError, TransportError, OSError) as exc:
+    except (CliError, IndexCliError, OpeCliError, LearnCliError, RewriteCliError, CatalogError,
+            SettingsError, BrokerError, LogError, StoreLocked, JournalError, TransportError,
+            OSError) as exc:
         # One plain line, not wrapped to the terminal: scripts grep it.
         print(f"error: {exc}", file=sys.stderr)
         return 2

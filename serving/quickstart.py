@@ -10,7 +10,10 @@ weighted by one over the estimated examination of its position), and judges both
 true nDCG@10 on contexts that were never in the log. Last, it embeds the catalog's titles
 (all-MiniLM-L6-v2, cached on disk), builds the self-tuning FAISS index over them and searches
 it through the retrieval pipeline with noisy queries (typos, synonyms, truncations), beside
-the simulator's exact-word engine. Prints tables and saves a plot.
+the simulator's exact-word engine. Last, the online bandits: LinUCB and epsilon-greedy each
+serve simulated users from what its own online learner holds, the learner reading the arm's
+impressions and clicks from its own Kafka topic (:mod:`simulation.online`), beside uniformly
+random slates; their reward over time, regret and freshness. Prints tables and saves plots.
 """
 
 from __future__ import annotations
@@ -28,8 +31,17 @@ import msgspec  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.progress import (  # noqa: E402
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table  # noqa: E402
 
+from bandits.learner import LearnerConfig, LearnerSink  # noqa: E402
+from bandits.policies import EpsilonGreedy  # noqa: E402
 from ingest.broker import EmbeddedBroker  # noqa: E402
 from ingest.consumer import EventConsumer  # noqa: E402
 from ingest.dlq import read_dead_letters  # noqa: E402
@@ -45,9 +57,15 @@ from ranking.index import build  # noqa: E402
 from ranking.pipeline import Pipeline, Request  # noqa: E402
 from simulation.catalog import catalog  # noqa: E402
 from simulation.ltr import RankingExperiment  # noqa: E402
+from simulation.online import Arm, BanditWorld, KafkaFeedback, run_loop  # noqa: E402
 from simulation.policies import item_id  # noqa: E402
 from simulation.queries import QueryNoise  # noqa: E402
 from simulation.search import lexical_retrieve, parse_query  # noqa: E402
+from simulation.world import World  # noqa: E402
+
+#: The online bandit demo: requests per arm and round, and the learners' click window.
+BANDIT_REQUESTS = 200
+BANDIT_WINDOW_S = 0.25
 
 #: Bad messages planted in the stream, one of each kind per this many good events.
 BAD_EVERY = 1000
@@ -107,70 +125,152 @@ def _search_demo(experiment: RankingExperiment, workdir: Path, cache_dir: Path,
     console.print(table)
 
 
-def run_quickstart(settings: Settings, *, impressions: int, workdir: str | Path,
-                   bootstrap: str | None, console: Console,
-                   cache_dir: str | Path = ".clickloop/embeddings") -> int:
-    progress = Console(stderr=True)  # spinners and the verdict; results go to ``console``
-    workdir, cache_dir = Path(workdir), Path(cache_dir)
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    settings = _settings_for(settings, workdir)
-    experiment = RankingExperiment()
+def _stream_into_log(settings: Settings, bootstrap: str, experiment: RankingExperiment,
+                     impressions: int, workdir: Path, console: Console,
+                     progress: Console) -> bool:
+    """Produce the simulated log with planted bad and duplicated messages, consume it into
+    the parquet log store, and report; True when everything reconciles."""
     log = experiment.log(impressions)
     messages = frames_in_time_order(log.frames())
     records = [(user.encode(), message.encode(), None)
                for user, message in zip(messages["user_id"], messages["message"], strict=True)]
+    kafka = settings.kafka
+    # Every BAD_EVERY-th good message is followed by a malformed one and, as a retrying
+    # client would, by a second copy of itself.
+    stream = []
+    for index, record in enumerate(records):
+        stream.append(record)
+        if index % BAD_EVERY == BAD_EVERY - 1:
+            bad = BAD_KINDS[(index // BAD_EVERY) % len(BAD_KINDS)]
+            stream += [(b"bad", bad, None), record]
+    produced = len(records)
+    planted = resent = (len(stream) - produced) // 2  # one bad and one copy each
+    with progress.status("producing the simulated events…"), \
+            EventProducer(settings, bootstrap) as producer:
+        producer.send_raw(stream)
+    total = produced + planted + resent
+    console.print(f"produced {produced:,} events, {planted:,} malformed, "
+                  f"{resent:,} duplicates → topic {kafka.topic}")
+
+    store = ParquetLogStore(workdir / "log")
+    with progress.status("consuming into the parquet log…"), \
+            EventConsumer(settings, store, bootstrap) as consumer:
+        counters = consumer.run(max_events=total, idle_timeout_s=30.0)
+    table = Table(title="ingest counters (consumed = applied + rejected + duplicates)")
+    for name in ("consumed", "applied", "rejected", "duplicates", "reconciles"):
+        table.add_column(name, justify="right")
+    table.add_row(*(f"{v:,}" for v in counters.as_dict().values()),
+                  "yes" if counters.reconciles else "[red]NO[/]")
+    console.print(table)
+
+    letters = read_dead_letters(kafka, bootstrap, max_records=planted)
+    reasons = pl.DataFrame({"reason": [d.error for d in letters]}).group_by(
+        "reason").len().sort("len", descending=True)
+    dlq = Table(title=f"dead letters: {len(letters):,} of {planted:,} planted")
+    dlq.add_column("count", justify="right")
+    dlq.add_column("reason")
+    for reason, count in reasons.iter_rows():
+        dlq.add_row(f"{count:,}", reason)
+    console.print(dlq)
+    return counters.reconciles and counters.rejected == planted and \
+        counters.duplicates == resent and len(letters) == planted
+
+
+def _bandit_demo(settings: Settings, bootstrap: str, workdir: Path, console: Console,
+                 progress: Console, rounds: int) -> Path:
+    """LinUCB and epsilon-greedy, each served from its own online learner that reads the
+    arm's events from its own topic, beside uniformly random slates, on the same users and
+    candidates every round; prints reward, regret and freshness and returns the plot."""
+    bandits = BanditWorld(World(n_items=1000, n_users=2000, rank=8, seed=0), k=5,
+                          candidates=50)
+    rows = bandits.rows()
+    arms: list[Arm] = []
+    learners: dict[str, LearnerSink] = {}
     with ExitStack() as stack:
-        bootstrap = bootstrap or settings.kafka.bootstrap
-        if not bootstrap:
-            broker = stack.enter_context(EmbeddedBroker())
-            bootstrap = broker.bootstrap
-            console.print(f"embedded Tansu broker on [bold]{bootstrap}[/]")
-        # A run-specific topic keeps a shared broker's own events out of this demo.
-        run_id = uuid.uuid4().hex[:8]
-        kafka = msgspec.structs.replace(settings.kafka, topic=f"quickstart-{run_id}",
-                                        dlq_topic=f"quickstart-{run_id}.dlq",
-                                        group_id=f"quickstart-{run_id}")
-        settings = msgspec.structs.replace(settings, kafka=kafka)
+        for name, config in (("linucb", LearnerConfig(policy="linucb", alpha=1.0,
+                                                      window_s=BANDIT_WINDOW_S)),
+                             ("epsilon-greedy", LearnerConfig(policy="epsilon-greedy",
+                                                              epsilon=0.1,
+                                                              window_s=BANDIT_WINDOW_S))):
+            topic = f"{settings.kafka.topic}.{name}"
+            arm_settings = msgspec.structs.replace(
+                settings,
+                kafka=msgspec.structs.replace(settings.kafka, topic=topic,
+                                              dlq_topic=f"{topic}.dlq"),
+                # One journal per producer: a journal folder has one owner at a time. A short
+                # poll: a round's events are fewer than a full poll, which would otherwise
+                # wait out the whole timeout.
+                ingest=msgspec.structs.replace(settings.ingest, poll_timeout_s=0.05,
+                                               journal_dir=str(workdir / "journal" / name)))
+            sink = LearnerSink(workdir / "learners" / name, rows, config)
+            consumer = stack.enter_context(EventConsumer(arm_settings, sink, bootstrap,
+                                                         group_id=f"{topic}.learner"))
+            producer = stack.enter_context(EventProducer(arm_settings, bootstrap))
+            learners[name] = sink
+            arms.append(Arm(name, sink.policy_, KafkaFeedback(producer, consumer)))
+        arms.append(Arm("random", EpsilonGreedy(rows.dim, epsilon=1.0)))
+        with Progress(TextColumn("[bold]online bandits"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("rounds"), TimeElapsedColumn(), console=progress) as bar:
+            task = bar.add_task("rounds", total=rounds)
+            result = run_loop(bandits, arms, rounds, BANDIT_REQUESTS, seed=0,
+                              progress=lambda _: bar.advance(task))
+        counters = {name: sink.counters for name, sink in learners.items()}
+        freshness = {name: sink.freshness() for name, sink in learners.items()}
 
-        # Every BAD_EVERY-th good message is followed by a malformed one and, as a retrying
-        # client would, by a second copy of itself.
-        stream = []
-        for index, record in enumerate(records):
-            stream.append(record)
-            if index % BAD_EVERY == BAD_EVERY - 1:
-                bad = BAD_KINDS[(index // BAD_EVERY) % len(BAD_KINDS)]
-                stream += [(b"bad", bad, None), record]
-        produced = len(records)
-        planted = resent = (len(stream) - produced) // 2  # one bad and one copy each
-        with progress.status("producing the simulated events…"), \
-                EventProducer(settings, bootstrap) as producer:
-            producer.send_raw(stream)
-        total = produced + planted + resent
-        console.print(f"produced {produced:,} events, {planted:,} malformed, "
-                      f"{resent:,} duplicates → topic {kafka.topic}")
+    third = max(1, rounds // 3)
+    early, late = result.summary(first=third), result.summary(last=third)
+    table = Table(title=f"online bandits: {rounds} rounds × {BANDIT_REQUESTS} requests per arm "
+                  f"(k={bandits.k} of {bandits.candidates} candidates), learning through "
+                  "Kafka")
+    for name in ("arm", "clicks/imp", "1st third", "last third", "of oracle", "regret",
+                 "updates", "fresh p50", "p99"):
+        table.add_column(name, justify="left" if name == "arm" else "right")
+    overall = result.summary()
+    for row, first, last in zip(overall.iter_rows(named=True), early.iter_rows(named=True),
+                                late.iter_rows(named=True), strict=True):
+        name = row["arm"]
+        fresh = freshness.get(name)
+        table.add_row(name, f"{row['clicks_per_impression']:.3f}",
+                      f"{first['clicks_per_impression']:.3f}",
+                      f"{last['clicks_per_impression']:.3f}", f"{last['of_oracle']:.1%}",
+                      f"{row['regret']:,.0f}",
+                      f"{counters[name].updates:,}" if name in counters else "-",
+                      f"{fresh['p50_s']:.2f}s" if fresh else "-",
+                      f"{fresh['p99_s']:.2f}s" if fresh else "-")
+    console.print(table)
+    console.print(f"thirds and of oracle: clicks per impression in the first and last third "
+                  f"of the rounds, and the last third's expected clicks over the oracle's; "
+                  f"freshness: event time to the model that holds it, with a "
+                  f"{BANDIT_WINDOW_S:g} s click window")
 
-        store = ParquetLogStore(workdir / "log")
-        with progress.status("consuming into the parquet log…"), \
-                EventConsumer(settings, store, bootstrap) as consumer:
-            counters = consumer.run(max_events=total, idle_timeout_s=30.0)
-        table = Table(title="ingest counters (consumed = applied + rejected + duplicates)")
-        for name in ("consumed", "applied", "rejected", "duplicates", "reconciles"):
-            table.add_column(name, justify="right")
-        table.add_row(*(f"{v:,}" for v in counters.as_dict().values()),
-                      "yes" if counters.reconciles else "[red]NO[/]")
-        console.print(table)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    per_round = result.rounds.with_columns(
+        reward=pl.col("expected") / pl.col("impressions"),
+        best=pl.col("oracle") / pl.col("impressions"),
+        cumulative_regret=pl.col("regret").cum_sum().over("arm"))
+    for name in [arm.name for arm in arms]:
+        mine = per_round.filter(pl.col("arm") == name)
+        left.plot(mine["round"], mine["reward"], label=name)
+        right.plot(mine["round"], mine["cumulative_regret"], label=name)
+    oracle = per_round.filter(pl.col("arm") == arms[0].name)
+    left.plot(oracle["round"], oracle["best"], "k--", label="oracle")
+    left.set(xlabel="round", ylabel="expected clicks per impression",
+             title="Reward over time")
+    right.set(xlabel="round", ylabel="cumulative regret (expected clicks)",
+              title="Regret against the oracle")
+    left.legend()
+    right.legend()
+    figure.tight_layout()
+    plot = workdir / "bandits.png"
+    figure.savefig(plot, dpi=120)
+    plt.close(figure)
+    return plot
 
-        letters = read_dead_letters(kafka, bootstrap, max_records=planted)
-        reasons = pl.DataFrame({"reason": [d.error for d in letters]}).group_by(
-            "reason").len().sort("len", descending=True)
-        dlq = Table(title=f"dead letters: {len(letters):,} of {planted:,} planted")
-        dlq.add_column("count", justify="right")
-        dlq.add_column("reason")
-        for reason, count in reasons.iter_rows():
-            dlq.add_row(f"{count:,}", reason)
-        console.print(dlq)
 
+def _debias(experiment: RankingExperiment, workdir: Path, console: Console,
+            progress: Console) -> Path:
+    """Regression-EM on the log's join, then naive, debiased and oracle rankers judged on new
+    contexts; returns the plot."""
     rows = experiment.with_grades(join_log(workdir / "log").collect())
     truth = experiment.examination / experiment.examination[0]
     with progress.status("regression-EM: the examination curve from the log…"):
@@ -225,11 +325,40 @@ def run_quickstart(settings: Settings, *, impressions: int, workdir: str | Path,
     figure.tight_layout()
     plot = workdir / "quickstart.png"
     figure.savefig(plot, dpi=120)
-    with progress.status("retrieval: embedding the catalog and building the index…"):
-        _search_demo(experiment, workdir, cache_dir, console)
-    console.print(f"log store: {workdir / 'log'}   index: {workdir / 'index'}   plot: {plot}")
-    ok = counters.reconciles and counters.rejected == planted and \
-        counters.duplicates == resent and len(letters) == planted
+    return plot
+
+
+def run_quickstart(settings: Settings, *, impressions: int, workdir: str | Path,
+                   bootstrap: str | None, console: Console,
+                   cache_dir: str | Path = ".clickloop/embeddings",
+                   bandit_rounds: int = 30) -> int:
+    progress = Console(stderr=True)  # spinners and the verdict; results go to ``console``
+    workdir, cache_dir = Path(workdir), Path(cache_dir)
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    settings = _settings_for(settings, workdir)
+    experiment = RankingExperiment()
+    with ExitStack() as stack:
+        bootstrap = bootstrap or settings.kafka.bootstrap
+        if not bootstrap:
+            broker = stack.enter_context(EmbeddedBroker())
+            bootstrap = broker.bootstrap
+            console.print(f"embedded Tansu broker on [bold]{bootstrap}[/]")
+        # A run-specific topic keeps a shared broker's own events out of this demo.
+        run_id = uuid.uuid4().hex[:8]
+        kafka = msgspec.structs.replace(settings.kafka, topic=f"quickstart-{run_id}",
+                                        dlq_topic=f"quickstart-{run_id}.dlq",
+                                        group_id=f"quickstart-{run_id}")
+        settings = msgspec.structs.replace(settings, kafka=kafka)
+        ok = _stream_into_log(settings, bootstrap, experiment, impressions, workdir, console,
+                              progress)
+        plot = _debias(experiment, workdir, console, progress)
+        with progress.status("retrieval: embedding the catalog and building the index…"):
+            _search_demo(experiment, workdir, cache_dir, console)
+        bandit_plot = _bandit_demo(settings, bootstrap, workdir, console, progress,
+                                   rounds=bandit_rounds)
+    console.print(f"log store: {workdir / 'log'}   index: {workdir / 'index'}   learners: "
+                  f"{workdir / 'learners'}   plots: {plot}, {bandit_plot}")
     if not ok:
         progress.print("error: the run did not reconcile: see the tables above")
     return 0 if ok else 1

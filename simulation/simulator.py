@@ -92,6 +92,9 @@ class SimulatedLog:
     first_request: int = 0
     candidates: np.ndarray | None = None  # (n, m), when simulate(keep_candidates=True)
     queries: Sequence[str] | None = None  # the query each impression answered, if any
+    #: A click on slot p (0-based) comes ``(1 + p) * slot_seconds`` after its impression, a
+    #: reaction one ``slot_seconds`` later: a user reading down the list.
+    slot_seconds: float = 1.0
 
     @property
     def n(self) -> int:
@@ -132,7 +135,8 @@ class SimulatedLog:
         row, position = np.nonzero(self.clicks)
         clicked = pl.DataFrame({
             "request": request.gather(row), "user": self.users[row],
-            "ts": self.ts[row] + 1.0 + position, "item": self.slates[row, position],
+            "ts": self.ts[row] + (1.0 + position) * self.slot_seconds,
+            "item": self.slates[row, position],
             "position": (position + 1).astype(np.int32), "dwell": self.dwell[row, position]})
         common = dict(request_id=request_id, user_id=user_id,
                       item_id=pl.lit("i") + pl.col("item").cast(pl.String))
@@ -143,7 +147,8 @@ class SimulatedLog:
         row, position = np.nonzero(self.reactions >= 0)
         reacted = pl.DataFrame({
             "request": request.gather(row), "user": self.users[row],
-            "ts": self.ts[row] + 2.0 + position, "item": self.slates[row, position],
+            "ts": self.ts[row] + (2.0 + position) * self.slot_seconds,
+            "item": self.slates[row, position],
             "reaction": np.asarray(REACTION_NAMES)[self.reactions[row, position]]})
         reactions = reacted.select(
             event_id=request_id + "-r" + pl.col("item").cast(pl.String), ts="ts",

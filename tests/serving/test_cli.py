@@ -145,7 +145,8 @@ def test_broker_command_listens_and_stops_on_ctrl_c() -> None:
 @pytest.mark.kafka
 def test_quickstart_job_reconciles_end_to_end(tmp_path: Path) -> None:
     result = clickloop("run", "--impressions", "3000", "--workdir", str(tmp_path / "run"),
-                       env={"CLICKLOOP_KAFKA_BOOTSTRAP": ""}, cwd=tmp_path)
+                       "--bandit-rounds", "4", env={"CLICKLOOP_KAFKA_BOOTSTRAP": ""},
+                       cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     # Exit 0 means counters reconciled, every planted message reached the DLQ and every
     # resent duplicate was dropped; the report says so too.
@@ -155,6 +156,14 @@ def test_quickstart_job_reconciles_end_to_end(tmp_path: Path) -> None:
     ndcg = dict(re.findall(r"│\s+(naive|propensity-weighted)\s+│[^│]+│\s+([0-9.]+)\s+│",
                            result.stdout))
     assert float(ndcg["propensity-weighted"]) > float(ndcg["naive"]), result.stdout[-3000:]
+    # The online bandits learned through Kafka (a round is applied once its click window
+    # closes, so at least three updates in four rounds) and serve better than random slates.
+    assert (tmp_path / "run" / "bandits.png").stat().st_size > 10_000
+    arms = {name: (float(clicks), updates) for name, clicks, updates in re.findall(
+        r"│ (linucb|epsil\S*|random)\s+│\s+([0-9.]+)\s+│(?:[^│]+│){4}\s+(\S+)\s+│",
+        result.stdout)}
+    assert int(arms["linucb"][1]) >= 3 and arms["random"][1] == "-", arms
+    assert min(arms["linucb"][0], arms["epsilon-greedy"][0]) > arms["random"][0], arms
 
 
 def test_propensity_command_estimates_the_examination_curve_of_a_simulated_log(
