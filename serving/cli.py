@@ -680,7 +680,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(f"--bandit-rounds={args.bandit_rounds} must be at least 1")
     return run_quickstart(settings, impressions=args.impressions, workdir=args.workdir,
                           bootstrap=args.bootstrap, console=results,
-                          bandit_rounds=args.bandit_rounds)
+                          bandit_rounds=args.bandit_rounds, rewriter=args.rewriter)
 
 
 # -------------------------------------------------------------------------------- parser
@@ -710,7 +710,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "embed the catalog's titles, build the FAISS index and search it "
                             "with noisy queries. Last, serve simulated users with LinUCB and "
                             "epsilon-greedy, each learning online from its own Kafka topic, "
-                            "beside random slates: reward over time, regret and freshness.")
+                            "beside random slates: reward over time, regret and freshness. "
+                            "Last, mine query rewrites from simulated search sessions.")
     p.add_argument("--impressions", type=int, default=20_000,
                    help="slates of 10 to simulate, at least 1000 (default: 20000)")
     p.add_argument("--workdir", default=".clickloop/run",
@@ -719,6 +720,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bandit-rounds", type=int, default=30,
                    help="rounds of the online bandit demo, 200 requests per arm each "
                    "(default: 30)")
+    p.add_argument("--rewriter", default=".clickloop/rewriter", metavar="DIR",
+                   help="a trained query rewriter (clickloop rewrite train --out DIR): when "
+                   "there, the run also shows its gated rewrites of failing queries "
+                   "(default: .clickloop/rewriter)")
     p.set_defaults(func=cmd_run)
 
     p = commands.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu)",

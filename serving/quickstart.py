@@ -13,7 +13,10 @@ it through the retrieval pipeline with noisy queries (typos, synonyms, truncatio
 the simulator's exact-word engine. Last, the online bandits: LinUCB and epsilon-greedy each
 serve simulated users from what its own online learner holds, the learner reading the arm's
 impressions and clicks from its own Kafka topic (:mod:`simulation.online`), beside uniformly
-random slates; their reward over time, regret and freshness. Prints tables and saves plots.
+random slates; their reward over time, regret and freshness. Then query rewriting: simulated
+search sessions through Kafka into their own log store, the reformulations mined from it and
+the absorbing-Markov rewriter's best rewrites with their confidence (and the gated LLM
+rewriter's decisions when a trained one is present). Prints tables and saves plots.
 """
 
 from __future__ import annotations
@@ -47,20 +50,22 @@ from ingest.consumer import EventConsumer  # noqa: E402
 from ingest.dlq import read_dead_letters  # noqa: E402
 from ingest.frames import frames_in_time_order  # noqa: E402
 from ingest.joins import join_log  # noqa: E402
-from ingest.logstore import ParquetLogStore  # noqa: E402
+from ingest.logstore import ParquetLogStore, scan  # noqa: E402
 from ingest.producer import EventProducer  # noqa: E402
 from ingest.settings import Settings  # noqa: E402
 from models.embeddings import TextEncoder  # noqa: E402
 from models.propensity import RegressionEM  # noqa: E402
+from models.rewrite import MarkovRewriter, query_outcomes  # noqa: E402
 from models.ultr import IPSListwise  # noqa: E402
 from ranking.index import build  # noqa: E402
 from ranking.pipeline import Pipeline, Request  # noqa: E402
 from simulation.catalog import catalog  # noqa: E402
+from simulation.clicks import PositionBasedModel, examination  # noqa: E402
 from simulation.ltr import RankingExperiment  # noqa: E402
 from simulation.online import Arm, BanditWorld, KafkaFeedback, run_loop  # noqa: E402
-from simulation.policies import item_id  # noqa: E402
+from simulation.policies import RetrievalOrderPolicy, item_id  # noqa: E402
 from simulation.queries import QueryNoise  # noqa: E402
-from simulation.search import lexical_retrieve, parse_query  # noqa: E402
+from simulation.search import lexical_retrieve, parse_query, simulate_search  # noqa: E402
 from simulation.world import World  # noqa: E402
 
 #: The online bandit demo: requests per arm and round, and the learners' click window.
@@ -267,6 +272,72 @@ def _bandit_demo(settings: Settings, bootstrap: str, workdir: Path, console: Con
     return plot
 
 
+def _rewrite_demo(settings: Settings, bootstrap: str, workdir: Path, rewriter: Path,
+                  console: Console, progress: Console, sessions: int = 4000) -> None:
+    """Simulated search sessions (noisy queries, reformulations) through their own topic into
+    their own log store; the reformulations mined from it and the absorbing-Markov
+    rewriter's best rewrites with their confidence; and, when a trained rewriter is in
+    ``rewriter`` (``clickloop rewrite train --out``), the gate's decisions for the failing
+    queries that nobody reformulated."""
+    world = World(n_items=2000, n_users=sessions, seed=7)
+    # Every slot examined: a query fails because of its results, not its position.
+    search = simulate_search(world, RetrievalOrderPolicy(), PositionBasedModel(
+        examination(10, eta=0.0)), sessions, users=np.arange(sessions), seed=7)
+    topic = f"{settings.kafka.topic}.search"
+    search_settings = msgspec.structs.replace(settings, kafka=msgspec.structs.replace(
+        settings.kafka, topic=topic, dlq_topic=f"{topic}.dlq", group_id=f"{topic}.log"))
+    messages = frames_in_time_order(search.log.frames())
+    store = ParquetLogStore(workdir / "search-log")
+    with progress.status("search sessions through Kafka into their log store…"):
+        with EventProducer(search_settings, bootstrap) as producer:
+            producer.send_raw((u.encode(), m.encode(), None) for u, m in
+                              zip(messages["user_id"], messages["message"], strict=True))
+        with EventConsumer(search_settings, store, bootstrap) as consumer:
+            consumer.run(max_events=messages.height, idle_timeout_s=30.0)
+    with progress.status("mining reformulations…"):
+        frames = {kind: scan(workdir / "search-log", kind)
+                  for kind in ("query", "click", "dwell", "reaction")}
+        steps = query_outcomes(frames["query"], frames["click"], frames["dwell"],
+                               frames["reaction"]).collect()
+        markov = MarkovRewriter().fit(steps)
+    top = markov.rewrites_.sort(["count", "confidence", "query"],
+                                descending=[True, True, False]).head(8)
+    table = Table(title=f"query rewrites mined from {sessions:,} search sessions "
+                  f"({steps.height:,} queries, {markov.pairs_.height:,} reformulations)")
+    for name in ("failing query", "rewrite", "seen", "its successes", "confidence"):
+        table.add_column(name, justify="left" if name in ("failing query", "rewrite")
+                         else "right")
+    for row in top.iter_rows(named=True):
+        table.add_row(row["query"], row["rewrite"], f"{row['count']:,}",
+                      f"{row['successes']:,}", f"{row['confidence']:.3f}")
+    console.print(table)
+    if not (rewriter / "llm").is_dir():
+        console.print(f"no trained LLM rewriter in {rewriter}: `clickloop rewrite train "
+                      f"--data {workdir / 'search-log'} --world 2000 --seed 7 --out "
+                      f"{rewriter}` trains one, and the next run shows its rewrites")
+        return
+    from serving.rewrite_cli import RewriteCliError, load_rewrite_model
+
+    try:
+        with progress.status(f"loading the rewriter in {rewriter}…"):
+            _, gate, llm = load_rewrite_model(rewriter)
+    except (RewriteCliError, OSError) as exc:
+        progress.print(f"the rewriter in {rewriter} was not used: {exc}")
+        return
+    unseen = (steps.filter(~pl.col("success"))
+              .join(markov.rewrites_.select("query"), on="query", how="anti")
+              .unique("query", keep="first", maintain_order=True).head(6)["query"].to_list())
+    decisions = gate.rewrite(unseen, markov, llm)
+    table = Table(title=f"the gated rewriter on failing queries nobody reformulated "
+                  f"({llm.name})")
+    for name in ("query", "output", "reason", "calibrated"):
+        table.add_column(name)
+    for decision in decisions:
+        table.add_row(decision.query, decision.output, decision.reason,
+                      "-" if decision.calibrated is None else f"{decision.calibrated:.3f}")
+    console.print(table)
+
+
 def _debias(experiment: RankingExperiment, workdir: Path, console: Console,
             progress: Console) -> Path:
     """Regression-EM on the log's join, then naive, debiased and oracle rankers judged on new
@@ -331,7 +402,8 @@ def _debias(experiment: RankingExperiment, workdir: Path, console: Console,
 def run_quickstart(settings: Settings, *, impressions: int, workdir: str | Path,
                    bootstrap: str | None, console: Console,
                    cache_dir: str | Path = ".clickloop/embeddings",
-                   bandit_rounds: int = 30) -> int:
+                   bandit_rounds: int = 30,
+                   rewriter: str | Path = ".clickloop/rewriter") -> int:
     progress = Console(stderr=True)  # spinners and the verdict; results go to ``console``
     workdir, cache_dir = Path(workdir), Path(cache_dir)
     shutil.rmtree(workdir, ignore_errors=True)
@@ -357,6 +429,7 @@ def run_quickstart(settings: Settings, *, impressions: int, workdir: str | Path,
             _search_demo(experiment, workdir, cache_dir, console)
         bandit_plot = _bandit_demo(settings, bootstrap, workdir, console, progress,
                                    rounds=bandit_rounds)
+        _rewrite_demo(settings, bootstrap, workdir, Path(rewriter), console, progress)
     console.print(f"log store: {workdir / 'log'}   index: {workdir / 'index'}   learners: "
                   f"{workdir / 'learners'}   plots: {plot}, {bandit_plot}")
     if not ok:

@@ -194,18 +194,9 @@ def _retriever(args: argparse.Namespace) -> Callable[[list[str]], Any] | None:
 
 
 def _labelled(steps: Any, clicks: Any) -> Any:
-    """Steps with ``target``, the item first clicked on the success that closed their
-    chain, and ``final``, that success's query; steps of chains that never succeeded on a
-    click are left out."""
-    import polars as pl
+    from models.rewrite.pipeline import labelled
 
-    first = (clicks.sort("ts").group_by("request_id").agg(target=pl.col("item_id").first())
-             .collect())
-    closed = pl.col("success").cast(pl.Int32).cum_sum().shift(1, fill_value=0)
-    steps = steps.sort("session_id", "step").with_columns(chain=closed.over("session_id"))
-    wins = (steps.filter("success").join(first, on="request_id")
-            .select("session_id", "chain", "target", final="query"))
-    return steps.join(wins, on=["session_id", "chain"])
+    return labelled(steps, clicks)
 
 
 def _split(steps: Any, share: float) -> tuple[Any, Any]:
@@ -221,44 +212,10 @@ def _split(steps: Any, share: float) -> tuple[Any, Any]:
 
 def _validation(markov: Any, llm: Any, held: Any, clicks: Any, retrieve: Any,
                 gate: Any, limit: int) -> Any:
-    """Rows ``source, confidence, original_success, rewrite_success`` of up to ``limit``
-    held-out queries the gate would consider (not already succeeding), for each candidate
-    that changes the query, judged by the retriever."""
-    import numpy as np
-    import polars as pl
+    """:func:`models.rewrite.pipeline.validation_rows`, judged in the top :data:`K`."""
+    from models.rewrite.pipeline import validation_rows
 
-    from models.rewrite.mining import normalize_query
-
-    rows = _labelled(held, clicks).unique(["query", "target"], maintain_order=True)
-    queries = rows["query"].to_list()
-    if not queries:
-        return pl.DataFrame(schema={"source": pl.String, "confidence": pl.Float64,
-                                    "original_success": pl.Boolean,
-                                    "rewrite_success": pl.Boolean})
-    rates = markov.stats(queries)["success_rate"].to_list()
-    open_ = [i for i, r in enumerate(rates) if r is None or r < gate.max_original_success]
-    queries = [queries[i] for i in open_]
-    targets = rows["target"].to_numpy()[open_]
-    queries, targets = queries[:limit], targets[:limit]
-    candidates = [("markov", markov.rewrite(queries))]
-    if llm is not None and queries:
-        candidates.append(("llm", llm.rewrite(queries)))
-    # An unchanged query is never a rewrite the gate makes ("identical"): nothing to learn.
-    found = [(i, r) for _, got in candidates for i, r in enumerate(got)
-             if r is not None and normalize_query(r.rewrite) != queries[i]]
-    texts = list(dict.fromkeys([*queries, *(r.rewrite for _, r in found)]))
-    where = {t: n for n, t in enumerate(texts)}
-    retrieved = np.asarray(retrieve(texts)) if texts else np.empty((0, K), dtype=object)
-
-    def hit(text: str, row: int) -> bool:
-        return bool((retrieved[where[text], :K] == targets[row]).any())
-
-    out = [{"source": r.source, "confidence": r.confidence,
-            "original_success": hit(queries[i], i), "rewrite_success": hit(r.rewrite, i)}
-           for i, r in found]
-    return pl.DataFrame(out, schema={"source": pl.String, "confidence": pl.Float64,
-                                     "original_success": pl.Boolean,
-                                     "rewrite_success": pl.Boolean})
+    return validation_rows(markov, llm, held, clicks, retrieve, gate, limit, K)
 
 
 def _base(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -273,8 +230,6 @@ def _base(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import polars as pl
-
     from models.rewrite.gate import RewriteGate
 
     if not args.out:
@@ -306,12 +261,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         full = _fit_markov(steps, args.data)  # refuses a log with nothing to learn from
         fit_steps, held = _split(steps, args.validation)
         from models.rewrite.markov import MarkovRewriter
+        from models.rewrite.pipeline import sft_pairs
 
         markov = MarkovRewriter().fit(fit_steps)
-        a0, b0 = markov.prior
-        s, f = pl.col("successes").cast(pl.Float64), pl.col("failures").cast(pl.Float64)
-        pairs = (markov.pairs_.filter(pl.col("successes") > 0)
-                 .select("query", "rewrite", weight=(a0 + s) / (a0 + b0 + s + f)))
+        pairs = sft_pairs(markov)
     if pairs.is_empty():
         raise RewriteCliError(f"--data {args.data}: no reformulations mined before the "
                               f"held-out last {args.validation:.0%} of the log")
@@ -329,11 +282,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     name = f"{args.base}-sft"
     if args.dpo_steps and retrieve is not None:
         from models.rewrite.dpo import fit_dpo, preference_pairs
+        from models.rewrite.pipeline import failing_queries
 
-        failing = (_labelled(fit_steps, clicks).filter(~pl.col("success"))
-                   .select("query", "target", rewrite="final")
-                   .unique("query", keep="first", maintain_order=True)
-                   .head(args.max_queries))
+        failing = failing_queries(fit_steps, clicks, args.max_queries)
         sampler = functools.partial(generate.LLMRewriter(model, tokenizer).sample,
                                     seed=args.seed)
         with console.status(f"sampling rewrites of {failing.height:,} failing queries and "
@@ -389,10 +340,42 @@ def cmd_train(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ query
 
 
+def load_rewrite_model(folder: Path) -> tuple[Any, Any, Any]:
+    """(Markov rewriter, gate, LLM rewriter or None) from a ``train --out`` or ``mine --out``
+    folder."""
+    from models.rewrite.gate import RewriteGate
+    from models.rewrite.markov import MarkovRewriter
+
+    gate = RewriteGate()
+    llm = None
+    if not folder.is_dir():
+        raise RewriteCliError(f"--model {folder}: no such folder")
+    if not (folder / MARKOV_FILE).is_file():
+        raise RewriteCliError(f"no model: --model {folder} has no {MARKOV_FILE} (write "
+                              "one with `clickloop rewrite train` or `rewrite mine "
+                              "--out`)")
+    try:
+        markov = MarkovRewriter().load_state_dict(
+            json.loads((folder / MARKOV_FILE).read_text()))
+        if (folder / GATE_FILE).is_file():
+            gate.load_state_dict(json.loads((folder / GATE_FILE).read_text()))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RewriteCliError(f"--model {folder}: cannot read its state: {exc}") from None
+    if (folder / LLM_FOLDER).is_dir():
+        from models.rewrite import artifact, generate
+
+        try:
+            model, tokenizer, metadata = artifact.load_rewriter(folder / LLM_FOLDER)
+        except ValueError as exc:  # missing files are OSErrors: one line as well
+            raise RewriteCliError(f"--model {folder}: {exc}") from None
+        llm = generate.LLMRewriter(model, tokenizer,
+                                   name=str(metadata.get("name", "llm")))
+    return markov, gate, llm
+
+
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """(Markov rewriter, gate, LLM rewriter or None) from ``--model DIR`` or ``--data``."""
     from models.rewrite.gate import RewriteGate
-    from models.rewrite.markov import MarkovRewriter
 
     gate = RewriteGate()
     llm = None
@@ -403,29 +386,7 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         steps, _ = _read_steps(args.data)
         markov = _fit_markov(steps, args.data)
     else:
-        folder = Path(args.model)
-        if not folder.is_dir():
-            raise RewriteCliError(f"--model {folder}: no such folder")
-        if not (folder / MARKOV_FILE).is_file():
-            raise RewriteCliError(f"no model: --model {folder} has no {MARKOV_FILE} (write "
-                                  "one with `clickloop rewrite train` or `rewrite mine "
-                                  "--out`)")
-        try:
-            markov = MarkovRewriter().load_state_dict(
-                json.loads((folder / MARKOV_FILE).read_text()))
-            if (folder / GATE_FILE).is_file():
-                gate.load_state_dict(json.loads((folder / GATE_FILE).read_text()))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise RewriteCliError(f"--model {folder}: cannot read its state: {exc}") from None
-        if (folder / LLM_FOLDER).is_dir():
-            from models.rewrite import artifact, generate
-
-            try:
-                model, tokenizer, metadata = artifact.load_rewriter(folder / LLM_FOLDER)
-            except ValueError as exc:  # missing files are OSErrors: one line as well
-                raise RewriteCliError(f"--model {folder}: {exc}") from None
-            llm = generate.LLMRewriter(model, tokenizer,
-                                       name=str(metadata.get("name", "llm")))
+        markov, gate, llm = load_rewrite_model(Path(args.model))
     if args.threshold is not None:
         if not 0 <= args.threshold <= 1:
             raise RewriteCliError(f"--threshold={args.threshold} must be in [0, 1]")

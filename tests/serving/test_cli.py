@@ -164,6 +164,11 @@ def test_quickstart_job_reconciles_end_to_end(tmp_path: Path) -> None:
         result.stdout)}
     assert int(arms["linucb"][1]) >= 3 and arms["random"][1] == "-", arms
     assert min(arms["linucb"][0], arms["epsilon-greedy"][0]) > arms["random"][0], arms
+    # Query rewrites mined from the search sessions' own log store, with their confidence.
+    mined = re.search(r"query rewrites mined from 4,000 search sessions \(([\d,]+) queries, "
+                      r"([\d,]+) reformulations\)", " ".join(result.stdout.split()))
+    assert mined and int(mined[2].replace(",", "")) > 100, result.stdout[-3000:]
+    assert "no trained LLM rewriter" in result.stdout
 
 
 def test_propensity_command_estimates_the_examination_curve_of_a_simulated_log(
