@@ -86,6 +86,7 @@ class EventConsumer:
             kafka, bootstrap, group_id or kafka.group_id)
         self._client.subscribe([self.topic], self._on_assign, self._on_revoke)
         self._pending_offsets: dict[TopicPartition, int] = {}
+        self._committed = True  # whether the group took the last flush's offsets
         self._unflushed = 0
         self._last_flush = time.monotonic()
         self._cluster_id: str | None = None
@@ -113,8 +114,15 @@ class EventConsumer:
         """After a flush (whose commit hands the partitions over): tell a sink that has
         ``revoke`` which partitions this consumer no longer reads (see :class:`Sink`)."""
         revoke = getattr(self.sink, "revoke", None)
-        if partitions and revoke is not None:
-            revoke(list(partitions))
+        if not partitions or revoke is None:
+            return
+        if not self._committed:
+            # The group did not take the offsets: the sink's own are the only record of
+            # where it got to, so it keeps them.
+            log.warning("the commit before giving up %s failed: the sink keeps its offsets",
+                        partitions)
+            return
+        revoke(list(partitions))
 
     def poll_once(self) -> int:
         """One poll; returns how many messages it consumed."""
@@ -168,8 +176,7 @@ class EventConsumer:
         self.dlq.flush()
         offsets, self._pending_offsets = self._pending_offsets, {}
         self.sink.flush(offsets, self._cluster_id)
-        if offsets:
-            self._client.commit(offsets)
+        self._committed = not offsets or self._client.commit(offsets)
         self._unflushed = 0
         self._last_flush = time.monotonic()
 
@@ -206,8 +213,8 @@ class EventConsumer:
         self._closing.set()
         try:
             self.flush()
-            # kafka-python leaves the group without revoking: give the partitions back here,
-            # so that a rejoin starts where the group got to, not where this consumer was.
+            # Give the partitions back here too: not every client version revokes on close
+            # (a second give-back finds nothing left to forget).
             self._give_back(self._client.assignment())
         finally:
             self._watcher.join()

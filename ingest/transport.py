@@ -55,7 +55,8 @@ class ConsumerClient(Protocol):
     def subscribe(self, topics: list[str], on_assign: AssignCallback,
                   on_revoke: PartitionsCallback) -> None: ...
     def poll(self, max_records: int, timeout_s: float) -> PolledBatch: ...
-    def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
+    def commit(self, offsets: dict[TopicPartition, int]) -> bool:
+        """Commit ``offsets`` for the group; False when the broker refused (logged)."""
     def seek_to_beginning(self, partitions: list[TopicPartition]) -> None: ...
     def assignment(self) -> list[TopicPartition]: ...
     def cluster_id(self) -> str | None: ...
@@ -186,18 +187,21 @@ class _KafkaPythonConsumer:
         return _KafkaPythonBatch(
             self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records))
 
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+    def commit(self, offsets: dict[TopicPartition, int]) -> bool:
         from kafka.structs import OffsetAndMetadata
         from kafka.structs import TopicPartition as KTP
 
         offsets_ = {KTP(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
         try:
             if self._in_listener:
+                # Its outcome comes after the listener returns: a failure is only logged.
                 self._consumer.commit_async(offsets_, callback=self._async_committed)
             else:
                 self._consumer.commit(offsets_, timeout_ms=self._timeout_ms)
         except self._error as exc:
             log.warning(_COMMIT_FAILED, exc)
+            return False
+        return True
 
     @staticmethod
     def _async_committed(offsets: Any, response: Any) -> None:
@@ -322,7 +326,7 @@ class _ConfluentConsumer:
         return _ConfluentBatch(
             self._consumer.consume(num_messages=max_records, timeout=timeout_s), self._consumer)
 
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+    def commit(self, offsets: dict[TopicPartition, int]) -> bool:
         from confluent_kafka import KafkaException
         from confluent_kafka import TopicPartition as CTP
 
@@ -331,6 +335,8 @@ class _ConfluentConsumer:
                                   asynchronous=False)
         except KafkaException as exc:
             log.warning(_COMMIT_FAILED, exc)
+            return False
+        return True
 
     def seek_to_beginning(self, partitions: list[TopicPartition]) -> None:
         from confluent_kafka import OFFSET_BEGINNING

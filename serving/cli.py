@@ -708,10 +708,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "regression-EM, train a naive and a propensity-weighted ranker on "
                             "it, and print their true nDCG@10 on contexts never logged. Then "
                             "embed the catalog's titles, build the FAISS index and search it "
-                            "with noisy queries. Last, serve simulated users with LinUCB and "
+                            "with noisy queries. Then serve simulated users with LinUCB and "
                             "epsilon-greedy, each learning online from its own Kafka topic, "
                             "beside random slates: reward over time, regret and freshness. "
-                            "Last, mine query rewrites from simulated search sessions.")
+                            "Last, mine query rewrites from simulated search sessions, and "
+                            "show a trained rewriter's gated decisions when --rewriter holds "
+                            "one.")
     p.add_argument("--impressions", type=int, default=20_000,
                    help="slates of 10 to simulate, at least 1000 (default: 20000)")
     p.add_argument("--workdir", default=".clickloop/run",

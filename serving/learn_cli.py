@@ -135,8 +135,11 @@ def _learner(args: argparse.Namespace) -> Any:
                                    cross=args.cross)
         rows = TrainingRows(features, read_item_vectors(args), examination_curve(args.examination),
                             max_weight=args.max_weight)
-        config = LearnerConfig(policy=args.policy, alpha=args.alpha, ridge=args.ridge,
-                               epsilon=args.epsilon,
+        config = LearnerConfig(policy=args.policy,
+                               alpha=LearnerConfig.alpha if args.alpha is None else args.alpha,
+                               ridge=args.ridge,
+                               epsilon=(LearnerConfig.epsilon if args.epsilon is None
+                                        else args.epsilon),
                                window_s=args.window, max_pending=args.max_pending,
                                device=args.device)
         return LearnerSink(args.state, rows, config)
@@ -156,6 +159,11 @@ def cmd_learn(args: argparse.Namespace, settings: Settings) -> int:
                         ("--ridge", args.ridge), ("--window", args.window)):
         if value is not None and not math.isfinite(value):
             raise LearnCliError(f"{flag}={value} must be a finite number")
+    # A flag of the other policy would be silently ignored: refuse it.
+    if args.epsilon is not None and args.policy != "epsilon-greedy":
+        raise LearnCliError(f"--epsilon is for --policy epsilon-greedy, not {args.policy}")
+    if args.alpha is not None and args.policy == "epsilon-greedy":
+        raise LearnCliError("--alpha is for the LinUCB policies, not epsilon-greedy")
     if args.idle_exit is not None and args.idle_exit <= 0:
         raise LearnCliError(f"--idle-exit={args.idle_exit} must be > 0 seconds")
     sink = _learner(args)
@@ -235,9 +243,9 @@ def add_learn_command(commands: Any) -> None:
     p.add_argument("--policy", choices=("diag-linucb", "linucb", "epsilon-greedy"),
                    default="diag-linucb", help="diag-linucb merges across partitions; "
                    "epsilon-greedy is the baseline (default: diag-linucb)")
-    p.add_argument("--alpha", type=float, default=1.0,
+    p.add_argument("--alpha", type=float,
                    help="LinUCB's exploration width (default: 1)")
-    p.add_argument("--epsilon", type=float, default=0.1,
+    p.add_argument("--epsilon", type=float,
                    help="epsilon-greedy's share of uniformly random slates (default: 0.1)")
     p.add_argument("--ridge", type=float, default=1.0, help="prior precision (default: 1)")
     p.add_argument("--examination", default="inverse", metavar="CURVE",

@@ -226,7 +226,7 @@ def add_ope_command(commands: Any) -> None:
                    help="the log's layout. obd: Open Bandit Dataset CSV (item_id 0..n-1, "
                    "position, click, propensity_score, user_feature_*, "
                    "user-item_affinity_*). generic: CSV or parquet, one row per shown slot: "
-                   "item_id (text), position (1 = top), reward or click, propensity (the "
+                   "item_id (text), position (1 = top), reward or click (0 or 1), propensity (the "
                    "logging policy's probability of that item at that position), optional "
                    "round or request_id and numeric user_* columns; a bad row is rejected "
                    "(listed on stderr with its line and column) and the others kept. log: a "
@@ -250,9 +250,10 @@ def add_ope_command(commands: Any) -> None:
     policy.add_argument("--policy", metavar="NAME",
                         help="a policy of ours instead. uniform: every item equally likely "
                         "at each position. logged: the behaviour policy's own item x position "
-                        "frequencies in the log, a sanity check whose true value is the log's "
-                        "mean reward (IPW and SNIPW give exactly that mean where the logged "
-                        "propensities are those frequencies). learner:DIR: a `clickloop "
+                        "frequencies in the log, a sanity check: when the logging policy "
+                        "ignored the context (a random or fixed-distribution log), its true "
+                        "value is the log's mean reward, which IPW and SNIPW give exactly where "
+                        "the logged propensities are those frequencies. learner:DIR: a `clickloop "
                         "learn` checkpoint folder, showing for each logged impression the "
                         "items of highest mean estimate, best first (needs --format log and "
                         "--items)")

@@ -219,7 +219,8 @@ def _bandit_demo(settings: Settings, bootstrap: str, workdir: Path, console: Con
             task = bar.add_task("rounds", total=rounds)
             result = run_loop(bandits, arms, rounds, BANDIT_REQUESTS, seed=0,
                               progress=lambda _: bar.advance(task))
-        counters = {name: sink.counters for name, sink in learners.items()}
+        # Read before the consumers close: giving the partitions back applies what waits.
+        counters = {name: sink.counters.as_dict() for name, sink in learners.items()}
         freshness = {name: sink.freshness() for name, sink in learners.items()}
 
     third = max(1, rounds // 3)
@@ -239,7 +240,7 @@ def _bandit_demo(settings: Settings, bootstrap: str, workdir: Path, console: Con
                       f"{first['clicks_per_impression']:.3f}",
                       f"{last['clicks_per_impression']:.3f}", f"{last['of_oracle']:.1%}",
                       f"{row['regret']:,.0f}",
-                      f"{counters[name].updates:,}" if name in counters else "-",
+                      f"{counters[name]['updates']:,}" if name in counters else "-",
                       f"{fresh['p50_s']:.2f}s" if fresh else "-",
                       f"{fresh['p99_s']:.2f}s" if fresh else "-")
     console.print(table)
@@ -278,7 +279,7 @@ def _rewrite_demo(settings: Settings, bootstrap: str, workdir: Path, rewriter: P
     their own log store; the reformulations mined from it and the absorbing-Markov
     rewriter's best rewrites with their confidence; and, when a trained rewriter is in
     ``rewriter`` (``clickloop rewrite train --out``), the gate's decisions for the failing
-    queries that nobody reformulated."""
+    queries without a mined rewrite."""
     world = World(n_items=2000, n_users=sessions, seed=7)
     # Every slot examined: a query fails because of its results, not its position.
     search = simulate_search(world, RetrievalOrderPolicy(), PositionBasedModel(
@@ -328,7 +329,7 @@ def _rewrite_demo(settings: Settings, bootstrap: str, workdir: Path, rewriter: P
               .join(markov.rewrites_.select("query"), on="query", how="anti")
               .unique("query", keep="first", maintain_order=True).head(6)["query"].to_list())
     decisions = gate.rewrite(unseen, markov, llm)
-    table = Table(title=f"the gated rewriter on failing queries nobody reformulated "
+    table = Table(title=f"the gated rewriter on failing queries without a mined rewrite "
                   f"({llm.name})")
     for name in ("query", "output", "reason", "calibrated"):
         table.add_column(name)

@@ -67,7 +67,8 @@ class LearnerConfig:
                     name == "alpha" and value == 0)):
                 raise ValueError(f"{name}={value!r} must be a number > 0"
                                  + (" (or 0)" if name == "alpha" else ""))
-        if not isinstance(self.epsilon, int | float) or not 0 <= self.epsilon <= 1:
+        if isinstance(self.epsilon, bool) or not isinstance(self.epsilon, int | float) \
+                or not 0 <= self.epsilon <= 1:
             raise ValueError(f"epsilon={self.epsilon!r} must be a number in [0, 1]")
         for name in ("max_pending", "remember_ids", "freshness_samples"):
             value = getattr(self, name)

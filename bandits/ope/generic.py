@@ -27,6 +27,10 @@ USER_PREFIX = "user_"
 SUM_TOLERANCE = 1e-6
 
 
+#: The most (row, item, position) values an evaluation may span (float64: 2 GiB).
+MAX_POLICY_VALUES = 2**28
+
+
 @dataclass(frozen=True)
 class SlateLog:
     """n shown slots of a behaviour log: ``reward``, ``action`` (index into ``item_ids``),
@@ -92,6 +96,12 @@ class SlateLog:
         if dist.shape[:2] != (self.n, self.n_items):
             raise OPEInputError(f"action_dist has shape {dist.shape}; the log has {self.n} rows "
                                 f"and {self.n_items} items")
+        if self.n * self.n_items * self.n_positions > MAX_POLICY_VALUES:
+            # The estimators weigh every (row, item, position): dense arrays of that size.
+            raise OPEInputError(
+                f"{self.n:,} rows x {self.n_items:,} items x {self.n_positions} positions is "
+                f"more than {MAX_POLICY_VALUES:,} values to evaluate over: evaluate a sample "
+                "of the log, or a log over fewer items")
         if item is None:
             item = np.zeros((self.n_items, 0))
         if item.shape[0] != self.n_items:
@@ -129,12 +139,13 @@ def _slates(ids: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
 
 def read_generic_log(path: str | os.PathLike[str]) -> SlateLog:
     """A CSV or parquet log, one row per shown slot: ``item_id`` (text), ``position``
-    (1-based), ``reward`` (or ``click``; 0/1 or real), ``propensity`` (in (0, 1]), optionally
+    (1-based), ``reward`` (or ``click``; 0 or 1), ``propensity`` (in (0, 1]), optionally
     ``round`` (or ``request_id``: the rows of one slate) and numeric ``user_*`` features.
 
-    A row with a value that does not parse, an empty ``item_id``, a position below 1 or a
-    propensity outside (0, 1] is left out and listed in ``rejected`` with its line (a CSV's
-    header is line 1; a parquet file's rows count from 1) and column. No usable row left is
+    A row with a value that does not parse, an empty ``item_id``, a position below 1, a
+    reward other than 0 or 1 or a propensity outside (0, 1] is left out and listed in
+    ``rejected`` with its line (a CSV's header is line 1; a parquet file's rows count from 1)
+    and column. No usable row left is
     an :class:`OPEInputError`."""
     from ingest.adapters import SOURCE_LINE, cast_columns, read_table
     from ingest.validation import LINE
@@ -164,8 +175,9 @@ def read_generic_log(path: str | os.PathLike[str]) -> SlateLog:
                pl.format("column 'position'={} must be >= 1", "position")),
               (~((pl.col("propensity") > 0) & (pl.col("propensity") <= 1)),
                pl.format("column 'propensity'={} must be in (0, 1]", "propensity")),
-              (~pl.col("reward").is_finite(),
-               pl.format(f"column {reward!r}={{}} must be a finite number", "reward"))]
+              (~pl.col("reward").is_in([0.0, 1.0]),
+               # The reward model is a classifier of clicks (as Open Bandit Pipeline's).
+               pl.format(f"column {reward!r}={{}} must be 0 or 1", "reward"))]
     checks += [(~pl.col(c).is_finite(), pl.format(f"column {c!r}={{}} must be a finite number",
                                                   pl.col(c))) for c in users]
     reason = pl.coalesce(pl.when(mask).then(text) for mask, text in checks)

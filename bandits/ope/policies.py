@@ -4,9 +4,11 @@ returning the action distribution ``(n, n_actions, n_positions)`` that
 
 - ``uniform``: every item equally likely at every position;
 - ``logged``: the behaviour policy's own item x position marginals, estimated as the
-  empirical frequencies of the log. A sanity check: its value is the log's mean reward, and
-  IPW and SNIPW return exactly that mean where the logged propensities are those frequencies
-  (a balanced uniform log), close to it otherwise;
+  empirical frequencies of the log, the same for every row. A sanity check: when the logging
+  policy ignored the context (a random or fixed-distribution log, as OBD's), this is that
+  policy and its value is the log's mean reward; IPW and SNIPW return exactly that mean where
+  the logged propensities are those frequencies (a balanced uniform log), close to it
+  otherwise. For a contextual logging policy it is only its average over contexts;
 - ``learner:DIR``: a ``clickloop learn`` checkpoint, served greedily: for each logged slate
   every item is scored by the policy's mean estimate (``policy.mean``) and the top
   n_positions are shown, best first (a one-hot distribution, propensity 1, as the design

@@ -174,7 +174,10 @@ class RewriteGate:
         """Calibrate each source and pick ``threshold_`` from validation rows ``source,
         confidence, original_success, rewrite_success`` (one row per validation query and
         candidate; booleans for the two outcomes). A source with fewer than
-        ``min_calibration`` rows is not calibrated: its raw confidence stands."""
+        ``min_calibration`` rows is not calibrated: its raw confidence stands. The harm the
+        threshold bounds is counted per row, each candidate as if it were the one chosen: an
+        approximation of the gate, which shows one candidate per query
+        (``benchmarks/rewrite.py`` measures the gate's own harm)."""
         missing = sorted({"source", "confidence", "original_success", "rewrite_success"}
                          - set(validation.columns))
         if missing:

@@ -383,11 +383,13 @@ class _Recorder:
 
 
 class _Client:
-    def __init__(self, calls: list[tuple[str, object]]) -> None:
+    def __init__(self, calls: list[tuple[str, object]], commits: bool = True) -> None:
         self.calls = calls
+        self.commits = commits
 
-    def commit(self, offsets: dict) -> None:
+    def commit(self, offsets: dict) -> bool:
         self.calls.append(("commit", dict(offsets)))
+        return self.commits
 
     def cluster_id(self) -> str:
         return "c"
@@ -412,6 +414,12 @@ def test_consumer_flushes_commits_then_revokes_and_leaves_the_rest_to_the_group(
     assert sink.calls == [("flush", {})]  # an empty revoke gives nothing up
     # Seek only where the sink has an offset; partition 2 starts at the committed offset.
     assert consumer._on_assign([("t", 1), ("t", 2)]) == {("t", 1): 6}
+    # A commit the broker refused: the sink keeps its offsets, the only record left.
+    sink.calls.clear()
+    consumer._client = _Client(sink.calls, commits=False)  # type: ignore[assignment]
+    consumer._pending_offsets = {("t", 0): 12}
+    consumer._on_revoke([("t", 0)])
+    assert sink.calls == [("flush", {("t", 0): 12}), ("commit", {("t", 0): 12})]
 
 
 @pytest.mark.kafka
@@ -626,6 +634,10 @@ def test_two_learners_in_one_group_merge_into_the_learner_of_both_partitions(
      "error: --items ITEMS: no numeric vector columns beside item_id"),
     (["--world", "10", "--idle-exit", "0"], "error: --idle-exit=0.0 must be > 0 seconds"),
     (["--world", "10", "--idle-exit", "nan"], "error: --idle-exit=nan must be a finite number"),
+    (["--world", "10", "--epsilon", "0.2"],
+     "error: --epsilon is for --policy epsilon-greedy, not diag-linucb"),
+    (["--world", "10", "--policy", "epsilon-greedy", "--alpha", "2"],
+     "error: --alpha is for the LinUCB policies, not epsilon-greedy"),
     (["--world", "10", "--device", "cuda:7"] if not torch.cuda.is_available() else
      ["--world", "10", "--device", "nowhere"], "error: --device "),
 ])

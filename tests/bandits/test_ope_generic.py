@@ -134,7 +134,8 @@ def test_bad_rows_are_rejected_by_line_and_column_and_the_rest_kept(tmp_path: Pa
                     "3,,1,1,0.5,0.5\n"      # line 6: no item
                     "3,c,2,x,0.5,0.6\n"     # line 7: reward not a number
                     "4,c,1,1,0.25,1e9x\n"   # line 8: user feature not a number
-                    "4,b,2,0,0.25,0.8\n")   # line 9: good
+                    "4,b,2,0,0.25,0.8\n"    # line 9: good
+                    "5,a,1,2,0.5,0.9\n")    # line 10: a reward the click model cannot read
     log = read_generic_log(path)
     assert log.n == 2 and log.item_ids == ("a", "b")
     assert np.array_equal(log.reward, [1.0, 0.0]) and np.array_equal(log.pscore, [0.5, 0.25])
@@ -145,6 +146,7 @@ def test_bad_rows_are_rejected_by_line_and_column_and_the_rest_kept(tmp_path: Pa
         "line 6: column 'item_id' is empty",
         "line 7: column 'reward'='x' is not a number",
         "line 8: column 'user_x'='1e9x' is not a number",
+        "line 10: column 'reward'=2.0 must be 0 or 1",
     )
     path.write_text("item_id,position,reward,propensity\na,1,1,0\n")
     with pytest.raises(OPEInputError, match=r"no usable row \(1 rejected; the first, line 2: "
