@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/debias.py --quick --out benchmarks/results/debias-quick.json
 	$(BIN)/python benchmarks/retrieval.py --quick --out benchmarks/results/retrieval-quick.json
 	$(BIN)/python benchmarks/bandits.py --quick --out benchmarks/results/bandits-quick.json
+	$(BIN)/python benchmarks/rewrite.py --quick --out benchmarks/results/rewrite-quick.json
 
 clean:
 	rm -rf $(VENV) .clickloop
