@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,9 @@ def test_train_end_to_end_on_a_tiny_llama(store, tmp_path: Path, capsys) -> None
     assert {p.name for p in out.iterdir()} >= {"markov.json", "gate.json", "llm"}
     table = capsys.readouterr().out
     assert "SFT pairs / steps" in table and "/ 2" in table
+    # DPO ran: preference pairs from the retriever's feedback, and its one step.
+    dpo = re.search(r"DPO pairs / steps\s*│\s*(\d+) / (\d+)", table)
+    assert dpo and int(dpo[1]) > 0 and dpo[2] == "1", table
     # Four held-out queries are too few to calibrate on (min_calibration=20): the gate
     # keeps its default threshold; test_train_validation_calibrates_the_gate covers the fit.
     gate = json.loads((out / "gate.json").read_text())
@@ -110,7 +114,7 @@ def test_train_end_to_end_on_a_tiny_llama(store, tmp_path: Path, capsys) -> None
     assert main(["rewrite", "grn sock", "--model", str(out), "--json"]) == 0
     decision = json.loads(capsys.readouterr().out)
     # Never seen by Markov: the tiny random LLM is the only candidate.
-    assert decision["source"] in ("tiny-sft", "tiny-dpo")
+    assert decision["source"] == "tiny-dpo"  # the artifact is the model after DPO
     assert decision["reason"] in ("below threshold", "identical", "rewritten")
 
 
