@@ -90,10 +90,15 @@ class BanditWorld:
         vectors = self.world.user_vectors[users].astype(np.float64)
         return pl.DataFrame(vectors, schema=list(self.context_fields))
 
-    def items(self) -> ItemVectors:
+    def item_vectors(self) -> np.ndarray:
+        """(n_items, rank + 1): row i is item i's vector."""
         world = self.world
-        vectors = np.hstack([world.item_vectors, world.popularity_bonus[:, None]])
-        return ItemVectors([item_id(i) for i in range(world.n_items)], vectors)
+        return np.hstack([world.item_vectors, world.popularity_bonus[:, None]])
+
+    def items(self) -> ItemVectors:
+        """The item vectors by event id (``i<index>``), as the learner looks them up."""
+        return ItemVectors([item_id(i) for i in range(self.world.n_items)],
+                           self.item_vectors())
 
     def rows(self, curve: Sequence[float] | None = None) -> TrainingRows:
         """The learner's rows for this world; the examination ``curve`` defaults to the
@@ -144,7 +149,9 @@ def run_loop(bandits: BanditWorld, arms: Sequence[Arm], rounds: int, requests: i
         raise ValueError(f"arm names {names} must be distinct")
     world, k = bandits.world, bandits.k
     training = bandits.rows()
-    features, items = training.features, training.items
+    features = training.features
+    # Serving knows the candidates by catalog index: one gather, no round trip through ids.
+    table = torch.as_tensor(bandits.item_vectors(), dtype=features.dtype)
     oracle = oracle_policy(world)
     records: list[dict[str, Any]] = []
     feedback_s = dict.fromkeys(names, 0.0)
@@ -153,9 +160,7 @@ def run_loop(bandits: BanditWorld, arms: Sequence[Arm], rounds: int, requests: i
         users = rng.integers(0, world.n_users, requests)
         pool = sample_candidates(world, requests, bandits.candidates, rng)
         contexts = bandits.contexts(users)
-        vectors, known = items.lookup(np.vectorize(item_id, otypes=[object])(pool),
-                                      features.dtype)
-        x = features.transform(contexts, vectors, known)
+        x = features.transform(contexts, table[torch.as_tensor(pool)])
         best, _ = oracle.rank_batch(users, pool, k, rng)
         activity = world.activity_of(users)
         oracle_clicks = bandits.click_model.click_probability(

@@ -27,6 +27,13 @@ def check(name: str, value: Any, ok: bool, rule: str) -> None:
         raise ValueError(f"{name}={value!r} must {rule}")
 
 
+def check_ridge_shape(n_features: int, n_arms: int, ridge: float) -> None:
+    """The hyper-parameters every ridge-based policy shares."""
+    check("n_features", n_features, n_features >= 1, "be >= 1")
+    check("n_arms", n_arms, n_arms >= 1, "be >= 1")
+    check("ridge", ridge, ridge > 0, "be > 0")
+
+
 def as_tensor(value: Any, device: torch.device, dtype: torch.dtype = DTYPE) -> Tensor:
     return torch.as_tensor(value, dtype=dtype, device=device)
 
@@ -177,9 +184,7 @@ class LinearPolicy:
     def __init__(self, n_features: int, n_arms: int = 1, ridge: float = 1.0,
                  refactor_every: int = 100, seed: int = 0,
                  device: str | torch.device = "cpu") -> None:
-        check("n_features", n_features, n_features >= 1, "be >= 1")
-        check("n_arms", n_arms, n_arms >= 1, "be >= 1")
-        check("ridge", ridge, ridge > 0, "be > 0")
+        check_ridge_shape(n_features, n_arms, ridge)
         check("refactor_every", refactor_every, refactor_every >= 1, "be >= 1")
         self.n_features = n_features
         self.n_arms = n_arms

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bandits.policies._base import DTYPE, LinearPolicy, check, loaded
+from bandits.policies._base import DTYPE, LinearPolicy, check, check_ridge_shape, loaded
 
 
 class DiagLinUCB(LinearPolicy):
@@ -33,9 +33,7 @@ class DiagLinUCB(LinearPolicy):
                  ridge: float = 1.0, seed: int = 0,
                  device: str | torch.device = "cpu") -> None:
         check("alpha", alpha, alpha >= 0, "be >= 0")
-        check("n_features", n_features, n_features >= 1, "be >= 1")
-        check("n_arms", n_arms, n_arms >= 1, "be >= 1")
-        check("ridge", ridge, ridge > 0, "be > 0")
+        check_ridge_shape(n_features, n_arms, ridge)
         # No matrix statistics: LinearPolicy's constructor would allocate K d x d of them.
         self.n_features = n_features
         self.n_arms = n_arms
