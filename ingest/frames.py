@@ -16,6 +16,7 @@ import polars as pl
 
 from ingest.codec import decode
 from ingest.events import EVENT_CLASSES, EVENT_TYPES, Event
+from ingest.journal import Record
 
 _BASE = {"event_id": pl.String, "ts": pl.Float64, "user_id": pl.String}
 SLOT_FIELDS = {"item_id": pl.String, "position": pl.Int32, "score": pl.Float64,
@@ -132,6 +133,13 @@ def frames_in_time_order(frames: EventFrames) -> pl.DataFrame:
     if not parts:
         return pl.DataFrame(schema=MESSAGES_SCHEMA)
     return pl.concat(parts).sort("ts", "_order", maintain_order=True).drop("_order")
+
+
+def message_records(messages: pl.DataFrame) -> list[Record]:
+    """``messages`` (``user_id``, ``message``) as producer records, keyed by user so that a
+    user's events stay in one partition, in order."""
+    return [(user.encode(), message.encode(), None)
+            for user, message in zip(messages["user_id"], messages["message"], strict=True)]
 
 
 def events_of(frames: EventFrames) -> list[Event]:

@@ -28,7 +28,7 @@ from ingest.adapters.generic import generic_frames
 from ingest.adapters.obd import obd_frames
 from ingest.dedupe import DedupeWindow
 from ingest.events import EVENT_TYPES
-from ingest.frames import LogBatch, frames_in_time_order
+from ingest.frames import LogBatch, frames_in_time_order, message_records
 from ingest.jsonl_log import BOM, validated_batches
 from ingest.logstore import CHECKPOINT, ParquetLogStore, iter_frames, scan
 from ingest.producer import EventProducer
@@ -147,8 +147,7 @@ class KafkaTarget:
     def write(self, batch: LogBatch, clock: EventClock) -> int:
         messages = (frames_in_time_order(batch.frames) if batch.messages is None
                     else batch.messages.sort("ts", maintain_order=True))
-        records = [(user.encode(), message.encode(), None) for user, message
-                   in zip(messages["user_id"], messages["message"], strict=True)]
+        records = message_records(messages)
         due = clock.due(messages["ts"])
         if due is None:
             self.producer.send_raw(records)

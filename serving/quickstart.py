@@ -48,7 +48,7 @@ from bandits.policies import EpsilonGreedy  # noqa: E402
 from ingest.broker import EmbeddedBroker  # noqa: E402
 from ingest.consumer import EventConsumer  # noqa: E402
 from ingest.dlq import read_dead_letters  # noqa: E402
-from ingest.frames import frames_in_time_order  # noqa: E402
+from ingest.frames import frames_in_time_order, message_records  # noqa: E402
 from ingest.joins import join_log  # noqa: E402
 from ingest.logstore import ParquetLogStore, scan  # noqa: E402
 from ingest.producer import EventProducer  # noqa: E402
@@ -137,8 +137,7 @@ def _stream_into_log(settings: Settings, bootstrap: str, experiment: RankingExpe
     the parquet log store, and report; True when everything reconciles."""
     log = experiment.log(impressions)
     messages = frames_in_time_order(log.frames())
-    records = [(user.encode(), message.encode(), None)
-               for user, message in zip(messages["user_id"], messages["message"], strict=True)]
+    records = message_records(messages)
     kafka = settings.kafka
     # Every BAD_EVERY-th good message is followed by a malformed one and, as a retrying
     # client would, by a second copy of itself.
@@ -291,8 +290,7 @@ def _rewrite_demo(settings: Settings, bootstrap: str, workdir: Path, rewriter: P
     store = ParquetLogStore(workdir / "search-log")
     with progress.status("search sessions through Kafka into their log store…"):
         with EventProducer(search_settings, bootstrap) as producer:
-            producer.send_raw((u.encode(), m.encode(), None) for u, m in
-                              zip(messages["user_id"], messages["message"], strict=True))
+            producer.send_raw(message_records(messages))
         with EventConsumer(search_settings, store, bootstrap) as consumer:
             consumer.run(max_events=messages.height, idle_timeout_s=30.0)
     with progress.status("mining reformulations…"):

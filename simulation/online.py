@@ -29,7 +29,7 @@ import torch
 
 from bandits.context import ContextFeatures, ItemVectors
 from bandits.learner import TrainingRows
-from ingest.frames import EventFrames, frames_in_time_order
+from ingest.frames import EventFrames, frames_in_time_order, message_records
 from simulation.clicks import ClickModel, PositionBasedModel, examination
 from simulation.policies import item_id, oracle_policy
 from simulation.simulator import SimulatedLog, respond, sample_candidates
@@ -225,9 +225,7 @@ class KafkaFeedback:
 
     def deliver(self, frames: EventFrames) -> None:
         messages = frames_in_time_order(frames)
-        self.producer.send_raw(
-            (user.encode(), message.encode(), None)
-            for user, message in zip(messages["user_id"], messages["message"], strict=True))
+        self.producer.send_raw(message_records(messages))
         self.producer.flush()
         self.produced += messages.height
         deadline = time.monotonic() + self.timeout_s

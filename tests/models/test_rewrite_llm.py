@@ -86,7 +86,7 @@ def _nll(model, tokenizer, pairs) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def tuned(tokenizer):
     """(before, after): the response NLL of every training pair under the base model, and
-    the model fitted on ``TRAIN`` (about 9 s on one thread)."""
+    the model fitted on ``TRAIN``."""
     before = _nll(_tiny(tokenizer), tokenizer, TRAIN)
     model = fit_sft(_tiny(tokenizer), tokenizer, TRAIN, max_steps=300, batch_size=8, lr=5e-3,
                     r=32, alpha=64, dropout=0.0, warmup_steps=5, seed=0, progress=False)
