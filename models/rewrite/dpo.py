@@ -15,6 +15,12 @@ while the log-ratio against the frozen reference keeps it from drifting where th
 nothing. The policy is a LoRA adapter (peft) on the given model and the reference is that
 same model with the adapter switched off, so the weights are held once
 (:class:`DPOModule`, :func:`fit_dpo`).
+
+With few pairs, DPO alone can lower the log-likelihood of the chosen rewrite too, as long as
+the rejected one falls faster, and so unlearn what SFT taught. ``nll_weight`` adds the
+chosen rewrite's mean per-token negative log-likelihood to the loss, as in Pang, Yuan, Cho,
+He, Sukhbaatar and Weston, "Iterative Reasoning Preference Optimization", NeurIPS 2024:
+``loss = -log sigmoid(m) + nll_weight * NLL(y_w | x) / |y_w|``.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from models.data import Batch, PreBatchedDataModule
-from models.rewrite.llm import encode_pairs, sequence_logprobs
+from models.rewrite.llm import IGNORE, encode_pairs, sequence_logprobs
 from models.training import train
 
 #: ``sampler(queries, n)``: up to ``n`` proposed rewrites of each query.
@@ -207,13 +213,16 @@ class PreferenceDataModule(PreBatchedDataModule):
 class DPOModule(lightning.LightningModule):
     """DPO (see the module doc) of a LoRA adapter on ``model``, against ``model`` itself with
     the adapter disabled as the reference. ``beta``: the strength of the pull towards the
-    reference (the reward scale); ``lr``: AdamW's rate on the adapter, reached linearly over
+    reference (the reward scale); ``nll_weight``: the weight of the chosen rewrite's NLL
+    (module doc; 0 is plain DPO); ``lr``: AdamW's rate on the adapter, reached linearly over
     ``warmup_steps``; ``lora_r``, ``lora_alpha``, ``lora_dropout``, ``target_modules``: the
     adapter (scale ``alpha / r``). The adapter is injected into ``model`` in place:
     :func:`fit_dpo` works on a copy. Logs ``train_loss``, ``train_margin`` (the mean reward
-    margin) and ``train_accuracy`` (the share of pairs with a positive margin) per step."""
+    margin), ``train_accuracy`` (the share of pairs with a positive margin) and ``train_nll``
+    (the chosen rewrites' mean per-token NLL) per step."""
 
-    def __init__(self, model: Any, *, beta: float = 0.1, lr: float = 2e-4, lora_r: int = 8,
+    def __init__(self, model: Any, *, beta: float = 0.1, nll_weight: float = 0.0,
+                 lr: float = 2e-4, lora_r: int = 8,
                  lora_alpha: int = 16, lora_dropout: float = 0.05, warmup_steps: int = 0,
                  target_modules: Sequence[str] = LLAMA_LINEAR) -> None:
         super().__init__()
@@ -222,6 +231,8 @@ class DPOModule(lightning.LightningModule):
         for name, value in (("beta", beta), ("lr", lr)):
             if not value > 0:
                 raise ValueError(f"{name}={value} must be > 0")
+        if not nll_weight >= 0:
+            raise ValueError(f"nll_weight={nll_weight} must be >= 0")
         if lora_r < 1 or lora_alpha <= 0:
             raise ValueError(f"lora_r={lora_r}, lora_alpha={lora_alpha} must be >= 1 and > 0")
         if not 0 <= lora_dropout < 1:
@@ -250,14 +261,18 @@ class DPOModule(lightning.LightningModule):
             return sequence_logprobs(self.policy, batch)
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """The batch's mean DPO ``loss``, mean reward ``margin`` and ``accuracy``."""
+        """The batch's mean ``loss`` (DPO plus the weighted NLL), mean reward ``margin``,
+        ``accuracy`` and the chosen rewrites' mean per-token ``nll``."""
         policy = self.logprobs(batch)
         reference = self.logprobs(batch, reference=True)
         half = len(policy) // 2
         loss, margin = dpo_loss(policy[:half], policy[half:], reference[:half],
                                 reference[half:], self.hparams["beta"])
-        return {"loss": loss.mean(), "margin": margin.mean().detach(),
-                "accuracy": (margin > 0).float().mean()}
+        tokens = (batch["labels"][:half, 1:] != IGNORE).sum(dim=1).clamp(min=1)
+        nll = (-policy[:half] / tokens).mean()
+        return {"loss": loss.mean() + self.hparams["nll_weight"] * nll,
+                "margin": margin.mean().detach(), "accuracy": (margin > 0).float().mean(),
+                "nll": nll.detach()}
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         values = self.losses(batch)
@@ -302,8 +317,9 @@ def pair_logprobs(model: Any, tokenizer: Any, pairs: pl.DataFrame, *, batch_size
 
 
 def fit_dpo(model: Any, tokenizer: Any, pairs: pl.DataFrame, *, max_steps: int,
-            batch_size: int = 8, beta: float = 0.1, lr: float = 2e-4, lora_r: int = 8,
-            lora_alpha: int = 16, lora_dropout: float = 0.05, warmup_steps: int = 0,
+            batch_size: int = 8, beta: float = 0.1, nll_weight: float = 0.0,
+            lr: float = 2e-4, lora_r: int = 8, lora_alpha: int = 16,
+            lora_dropout: float = 0.05, warmup_steps: int = 0,
             seed: int = 0, progress: bool = True, **trainer_options: Any) -> Any:
     """DPO of a copy of ``model`` on ``pairs`` (``query, chosen, rejected``) for
     ``max_steps`` optimizer steps with Lightning's ``Trainer`` (the GPU when there is one;
@@ -313,8 +329,8 @@ def fit_dpo(model: Any, tokenizer: Any, pairs: pl.DataFrame, *, max_steps: int,
         raise ValueError(f"max_steps={max_steps} must be >= 1")
     device = next(model.parameters()).device
     lightning.seed_everything(seed, workers=True, verbose=False)  # the adapter's init
-    module = DPOModule(copy.deepcopy(model), beta=beta, lr=lr, lora_r=lora_r,
-                       lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+    module = DPOModule(copy.deepcopy(model), beta=beta, nll_weight=nll_weight, lr=lr,
+                       lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                        warmup_steps=warmup_steps)
     data = PreferenceDataModule(tokenizer, pairs, batch_size=batch_size, seed=seed)
     with warnings.catch_warnings():

@@ -2,7 +2,8 @@
 what each learner is fed, and how the gate's validation rows are judged.
 
 - :func:`sft_pairs`: the supervised pairs, every mined reformulation whose rewrite succeeded
-  at least once, weighted by its beta-posterior mean (the Markov rewriter's confidence);
+  at least once, weighted by its beta-posterior mean (the Markov rewriter's confidence),
+  and optionally queries that succeed as typed paired with themselves;
 - :func:`labelled`: query steps with the item the user finally clicked on the success that
   closed their chain (the retriever's target);
 - :func:`failing_queries`: the failing queries DPO samples candidates for, with that target
@@ -25,18 +26,45 @@ from models.rewrite.mining import normalize_query
 #: ``retrieve(queries) -> (n, >= k)`` item ids, best first.
 Retrieve = Callable[[list[str]], Any]
 
+#: What ``clickloop rewrite train`` and ``benchmarks/rewrite.py`` train with, chosen on the
+#: validation day by ``benchmarks/rewrite_tuning.py``: the share of identity pairs in SFT
+#: (:func:`sft_pairs`) and DPO's rate, ``beta`` and NLL weight
+#: (:class:`models.rewrite.dpo.DPOModule`).
+IDENTITY_SHARE = 0.5
+DPO_LR = 2e-4
+DPO_BETA = 0.1
+DPO_NLL_WEIGHT = 1.0
+
 _VALIDATION = {"source": pl.String, "confidence": pl.Float64, "original_success": pl.Boolean,
                "rewrite_success": pl.Boolean}
 
 
-def sft_pairs(markov: MarkovRewriter) -> pl.DataFrame:
+def sft_pairs(markov: MarkovRewriter, identity_share: float = 0.0) -> pl.DataFrame:
     """``query, rewrite, weight`` of a fitted Markov rewriter's mined pairs whose rewrite
     succeeded at least once, ``weight`` the pair's ``Beta(a0 + s, b0 + f)`` posterior
-    mean."""
+    mean.
+
+    ``identity_share``: add ``round(identity_share * n_pairs)`` queries that succeed as typed,
+    each paired with itself and weighted by its own success posterior mean: the queries of
+    most successes first (ties: fewer failures, then text), those whose posterior mean is
+    under 1/2 left out. A model that has only seen broken queries learns to change every
+    query; these teach it to leave a working one alone, the way a spelling corrector is
+    trained on correct words too."""
+    if not identity_share >= 0:
+        raise ValueError(f"identity_share={identity_share} must be >= 0")
     a0, b0 = markov.prior
     s, f = pl.col("successes").cast(pl.Float64), pl.col("failures").cast(pl.Float64)
-    return (markov.pairs_.filter(pl.col("successes") > 0)
-            .select("query", "rewrite", weight=(a0 + s) / (a0 + b0 + s + f)))
+    posterior = (a0 + s) / (a0 + b0 + s + f)
+    pairs = (markov.pairs_.filter(pl.col("successes") > 0)
+             .select("query", "rewrite", weight=posterior))
+    n_identity = round(identity_share * pairs.height)
+    if not n_identity:
+        return pairs
+    kept = (markov.queries_.filter((pl.col("successes") > 0) & (posterior >= 0.5))
+            .sort(["successes", "failures", "query"], descending=[True, False, False])
+            .head(n_identity)
+            .select("query", rewrite="query", weight=posterior))
+    return pl.concat([pairs, kept])
 
 
 def labelled(steps: pl.DataFrame, clicks: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:

@@ -154,6 +154,26 @@ def test_dpo_loss_starts_at_log_2_because_the_policy_is_the_reference(tokenizer,
     assert float(loss) == pytest.approx(math.log1p(math.exp(-1.0)), abs=1e-6)
 
 
+def test_the_nll_weight_adds_the_chosen_rewrites_mean_token_nll(tokenizer, model) -> None:
+    from models.rewrite.sft import per_pair_nll
+
+    data = PreferenceDataModule(tokenizer, _PAIRS, batch_size=4)
+    data.setup("fit")
+    batch = data.train[(0, 0, torch.arange(len(_PAIRS)))]
+    half = len(_PAIRS)
+    with torch.no_grad():
+        plain = DPOModule(copy.deepcopy(model), beta=0.1).losses(batch)
+        anchored = DPOModule(copy.deepcopy(model), beta=0.1, nll_weight=0.5).losses(batch)
+        logits = model(input_ids=batch["input_ids"][:half],
+                       attention_mask=batch["attention_mask"][:half]).logits
+        nll = float(per_pair_nll(logits, batch["labels"][:half]).mean())
+    assert float(plain["nll"]) == pytest.approx(nll, rel=1e-5)
+    assert float(anchored["loss"]) == pytest.approx(math.log(2) + 0.5 * nll, rel=1e-5)
+    assert float(plain["loss"]) == pytest.approx(math.log(2), abs=1e-6)
+    with pytest.raises(ValueError, match="nll_weight=-1.0 must be >= 0"):
+        DPOModule(copy.deepcopy(model), nll_weight=-1.0)
+
+
 def test_fit_dpo_raises_the_chosen_rewrites_and_returns_a_merged_model(tokenizer, model
                                                                         ) -> None:
     before_state = {name: t.clone() for name, t in model.state_dict().items()}

@@ -256,3 +256,27 @@ def test_markov_rewrites_raise_success_at_10_on_held_out_failing_queries(simulat
     failing = (model.stats(original)["success_rate"] < 0.5).to_numpy()
     assert failing.sum() > 100  # measured 133
     assert after[failing].mean() >= before[failing].mean() + 0.15  # measured 0.609 -> 0.835
+
+
+def test_sft_pairs_add_queries_that_succeed_as_typed_paired_with_themselves() -> None:
+    from models.rewrite.pipeline import sft_pairs
+
+    markov = MarkovRewriter().fit(_hand_steps())
+    mined = sft_pairs(markov)
+    assert mined.height > 0
+    assert (mined["query"] != mined["rewrite"]).all()
+    # Weights are the pairs' beta-posterior means.
+    a0, b0 = markov.prior
+    expected = markov.pairs_.filter(pl.col("successes") > 0).select(
+        "query", "rewrite", weight=(a0 + pl.col("successes")) / (
+            a0 + b0 + pl.col("successes") + pl.col("failures")))
+    assert mined.sort("query", "rewrite").equals(expected.sort("query", "rewrite"))
+    # "blue shirt" succeeded twice and failed once: the only query of posterior mean >= 1/2
+    # with a success, however many identity pairs are asked for.
+    with_identity = sft_pairs(markov, identity_share=10.0)
+    added = with_identity.filter(pl.col("query") == pl.col("rewrite"))
+    assert added.rows() == [("blue shirt", "blue shirt", pytest.approx(3 / 5))]
+    assert with_identity.height == mined.height + 1
+    assert sft_pairs(markov, identity_share=0.4 / mined.height).equals(mined)  # rounds to 0
+    with pytest.raises(ValueError, match="identity_share=-0.5 must be >= 0"):
+        sft_pairs(markov, identity_share=-0.5)
