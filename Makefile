@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/retrieval.py --quick --out benchmarks/results/retrieval-quick.json
 	$(BIN)/python benchmarks/bandits.py --quick --out benchmarks/results/bandits-quick.json
 	$(BIN)/python benchmarks/rewrite.py --quick --out benchmarks/results/rewrite-quick.json
+	$(BIN)/python benchmarks/rewrite_tuning.py --quick
 
 clean:
 	rm -rf $(VENV) .clickloop

@@ -16,9 +16,10 @@ Learners:
   included, as the CLI saves it), its best rewrite or the query itself;
 - **sft**: SmolLM2-135M-Instruct, LoRA-tuned on the mined (failing query -> successful
   reformulation) pairs of the days before the validation day, each weighted by its
-  confidence; greedy rewrite;
-- **dpo**: the SFT model preference-tuned (DPO) on pairs of its own samples ranked by the
-  exact-word engine's retrieval of the item the user finally clicked (RetPO);
+  confidence, beside queries that succeed as typed paired with themselves; greedy rewrite;
+- **dpo**: the SFT model preference-tuned (DPO, with the chosen rewrite's NLL) on pairs of
+  its own samples ranked by the exact-word engine's retrieval of the item the user finally
+  clicked (RetPO);
 - **oracle**: the simulator's clean query; **original**: the query as typed.
 
 Measures, on held-out steps whose own results failed (the simulator's ``found`` is false),
@@ -35,6 +36,9 @@ with a fixed seed where the plan says so; ``n`` is reported.
 
 Targets (:data:`TARGETS`): dpo >= markov + 0.10 success@10 on unseen failing queries and not
 below markov on seen ones; harm <= 0.01 through the gate; cached p99 <= 1 ms.
+
+The LLM's settings are :mod:`models.rewrite.pipeline`'s, chosen on the validation day by
+``benchmarks/rewrite_tuning.py``.
 
 Results go to ``--out`` (JSON), with ``rewrite.png`` (success@10 by method) and
 ``rewrite-reliability.png`` (the gate's calibration) next to it, named after ``--out``.
@@ -86,7 +90,15 @@ from models.rewrite import (  # noqa: E402
     reliability_curve,
 )
 from models.rewrite.llm import load_smollm2, load_tokenizer  # noqa: E402
-from models.rewrite.pipeline import failing_queries, sft_pairs, validation_rows  # noqa: E402
+from models.rewrite.pipeline import (  # noqa: E402
+    DPO_BETA,
+    DPO_LR,
+    DPO_NLL_WEIGHT,
+    IDENTITY_SHARE,
+    failing_queries,
+    sft_pairs,
+    validation_rows,
+)
 from simulation.clicks import PositionBasedModel, examination  # noqa: E402
 from simulation.policies import RetrievalOrderPolicy  # noqa: E402
 from simulation.retrieval import exact_word_retrieve, success_at_k  # noqa: E402
@@ -122,11 +134,14 @@ class Plan:
     validation_queries: int  # validation-day queries the gate calibrates on
     latency_queries: int
     cached_calls: int
-    # Hyper-parameters of the LLM (the modules' defaults unless said otherwise).
+    # Hyper-parameters of the LLM: the modules' defaults, and what benchmarks/
+    # rewrite_tuning.py chose on the validation day (the shared wiring's constants).
     sft_lr: float = 2e-4
     sft_r: int = 16
-    dpo_lr: float = 2e-4
-    dpo_beta: float = 0.1
+    identity_share: float = IDENTITY_SHARE
+    dpo_lr: float = DPO_LR
+    dpo_beta: float = DPO_BETA
+    dpo_nll_weight: float = DPO_NLL_WEIGHT
     dpo_r: int = 8
 
 
@@ -223,7 +238,7 @@ def train(plan: Plan, data: dict[str, Any], seed: int, clock: Clock,
                        lambda: MarkovRewriter().fit(fit_steps))
     markov = clock("markov (every training day)",
                    lambda: MarkovRewriter().fit(steps.filter(pl.col("day") < last)))
-    pairs = sft_pairs(markov_fit)
+    pairs = sft_pairs(markov_fit, identity_share=plan.identity_share)
     tokenizer = load_tokenizer()
     base = clock("load SmolLM2", load_smollm2)
     sft = clock(f"SFT: {pairs.height:,} pairs, {plan.sft_steps} steps at batch "
@@ -242,7 +257,8 @@ def train(plan: Plan, data: dict[str, Any], seed: int, clock: Clock,
                 f"{plan.dpo_batch}", lambda: fit_dpo(
                     sft, tokenizer, preferences, max_steps=plan.dpo_steps,
                     batch_size=plan.dpo_batch, seed=seed, progress=progress,
-                    beta=plan.dpo_beta, lr=plan.dpo_lr, lora_r=plan.dpo_r,
+                    beta=plan.dpo_beta, nll_weight=plan.dpo_nll_weight, lr=plan.dpo_lr,
+                    lora_r=plan.dpo_r,
                     lora_alpha=2 * plan.dpo_r))
     llms = {"sft": LLMRewriter(sft, tokenizer, name="smollm2-sft"),
             "dpo": LLMRewriter(dpo, tokenizer, name="smollm2-dpo")}
@@ -532,13 +548,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                    "base_model": "SmolLM2-135M-Instruct (GGUF Q4_1, de-quantized to float32)"},
         "hyper_parameters": {
             "sft": {"lr": plan.sft_lr, "r": plan.sft_r, "alpha": 2 * plan.sft_r,
+                    "identity_share": plan.identity_share,
                     "steps": plan.sft_steps, "batch_size": plan.sft_batch},
-            "dpo": {"lr": plan.dpo_lr, "beta": plan.dpo_beta, "r": plan.dpo_r,
+            "dpo": {"lr": plan.dpo_lr, "beta": plan.dpo_beta,
+                    "nll_weight": plan.dpo_nll_weight, "r": plan.dpo_r,
                     "steps": plan.dpo_steps, "batch_size": plan.dpo_batch,
                     "samples_per_query": plan.dpo_samples, "queries": plan.dpo_queries},
-            "chosen_by": "the modules' defaults (lr, r, beta), with the steps and query "
-                         "counts sized to the time budget; only the validation day's "
-                         "figures ('validation') were read, never the held-out day's"},
+            "chosen_by": "identity_share and the DPO lr, beta and nll_weight by "
+                         "benchmarks/rewrite_tuning.py on the validation day "
+                         "(results/rewrite-tuning.json); the rest the modules' defaults, "
+                         "with the steps and query counts sized to the time budget; the "
+                         "held-out day's figures were never read to choose"},
         "validation": validation,
         "unseen_context": evaluated["unseen"], "seen_context": evaluated["seen"],
         "harm_context": evaluated["harm_context"],

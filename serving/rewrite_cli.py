@@ -10,13 +10,14 @@ ask the gated rewriter about a query.
   [--base smollm2|tiny] (--world N [--seed S] | --index DIR)``: the same mining; the
   sessions of the last ``--validation`` share of the log's time are held out. The Markov
   rewriter is fitted on the rest, the LLM is LoRA-tuned (SFT) on the mined pairs whose
-  rewrite succeeded, weighted by their confidence, then preference-tuned (DPO) with the
-  retriever's feedback on the training failures; the gate calibrates both rewriters and
-  picks its threshold on the held-out sessions. The retriever judges a rewrite by whether it
-  retrieves, in its top 10, the item the user finally clicked: for a log of ``clickloop
-  simulate`` it is the simulator's exact-word engine over the same world (``--world N
-  --seed S``, the ``--items`` and ``--seed`` given to ``simulate``); for any other log, a
-  ``clickloop index build`` folder (``--index DIR``) searched with its text encoder.
+  rewrite succeeded, weighted by their confidence, beside queries that succeed as typed
+  paired with themselves, then preference-tuned (DPO) with the retriever's feedback on the
+  training failures (the settings of :mod:`models.rewrite.pipeline`); the gate calibrates
+  both rewriters and picks its threshold on the held-out sessions. The retriever judges a
+  rewrite by whether it retrieves, in its top 10, the item the user finally clicked: for a
+  log of ``clickloop simulate`` it is the simulator's exact-word engine over the same world
+  (``--world N --seed S``, the ``--items`` and ``--seed`` given to ``simulate``); for any
+  other log, a ``clickloop index build`` folder (``--index DIR``) searched with its text encoder.
   ``--max-queries N`` bounds the failing queries sampled for DPO and the held-out queries
   the gate is calibrated on. Writes ``DIR/markov.json`` (fitted on the whole log),
   ``DIR/gate.json`` and the LLM artifact in ``DIR/llm``; the LLM is trained on the
@@ -261,10 +262,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         full = _fit_markov(steps, args.data)  # refuses a log with nothing to learn from
         fit_steps, held = _split(steps, args.validation)
         from models.rewrite.markov import MarkovRewriter
-        from models.rewrite.pipeline import sft_pairs
+        from models.rewrite.pipeline import IDENTITY_SHARE, sft_pairs
 
         markov = MarkovRewriter().fit(fit_steps)
-        pairs = sft_pairs(markov)
+        pairs = sft_pairs(markov, identity_share=IDENTITY_SHARE)
     if pairs.is_empty():
         raise RewriteCliError(f"--data {args.data}: no reformulations mined before the "
                               f"held-out last {args.validation:.0%} of the log")
@@ -282,7 +283,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     name = f"{args.base}-sft"
     if args.dpo_steps and retrieve is not None:
         from models.rewrite.dpo import fit_dpo, preference_pairs
-        from models.rewrite.pipeline import failing_queries
+        from models.rewrite.pipeline import DPO_BETA, DPO_LR, DPO_NLL_WEIGHT, failing_queries
 
         failing = failing_queries(fit_steps, clicks, args.max_queries)
         sampler = functools.partial(generate.LLMRewriter(model, tokenizer).sample,
@@ -297,7 +298,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             console.print(f"DPO on {preferences.height:,} preference pairs, "
                           f"{args.dpo_steps} steps", highlight=False)
             model = fit_dpo(model, tokenizer, preferences, max_steps=args.dpo_steps,
-                            batch_size=args.batch_size, seed=args.seed, progress=progress)
+                            batch_size=args.batch_size, seed=args.seed, progress=progress,
+                            lr=DPO_LR, beta=DPO_BETA, nll_weight=DPO_NLL_WEIGHT)
             info.update(dpo_steps=args.dpo_steps, dpo_pairs=preferences.height)
             name = f"{args.base}-dpo"
     llm = generate.LLMRewriter(model, tokenizer, name=name)
