@@ -211,6 +211,14 @@ def success(world: World, rows: pl.DataFrame, queries: list[str]) -> np.ndarray:
     return success_at_k(world, intents(rows), exact_word_retrieve(world, queries, K), K)
 
 
+def typed_and_seen(rows: pl.DataFrame, markov: MarkovRewriter) -> pl.DataFrame:
+    """Step records with ``typed``, the normalized noisy query, and ``seen``: whether
+    ``markov`` (fitted on the days that count as training) saw it typed."""
+    rows = rows.with_columns(
+        typed=pl.col("noisy").map_elements(normalize_query, return_dtype=pl.String))
+    return rows.with_columns(seen=pl.col("typed").is_in(markov.queries_["query"].implode()))
+
+
 def sample(rows: pl.DataFrame, n: int, seed: int) -> pl.DataFrame:
     return rows.sample(n, seed=seed, shuffle=True) if rows.height > n else rows
 
@@ -304,10 +312,7 @@ def validation_success(plan: Plan, data: dict[str, Any], models: dict[str, Any],
 def held_out(plan: Plan, data: dict[str, Any], models: dict[str, Any],
              seed: int) -> dict[str, Any]:
     world, truth = data["world"], data["truth"]
-    held = truth.filter(pl.col("day") == plan.days - 1).with_columns(
-        typed=pl.col("noisy").map_elements(normalize_query, return_dtype=pl.String))
-    known = models["markov"].queries_["query"].implode()
-    held = held.with_columns(seen=pl.col("typed").is_in(known))
+    held = typed_and_seen(truth.filter(pl.col("day") == plan.days - 1), models["markov"])
     markov, llms = models["markov"], models["llms"]
     out: dict[str, Any] = {}
     for group, seen in (("unseen", False), ("seen", True)):

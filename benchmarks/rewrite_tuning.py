@@ -46,7 +46,6 @@ from models.rewrite import (  # noqa: E402
     MarkovRewriter,
     fit_dpo,
     fit_sft,
-    normalize_query,
     preference_pairs,
 )
 from models.rewrite.llm import load_smollm2, load_tokenizer  # noqa: E402
@@ -63,10 +62,8 @@ def validation_groups(data: dict[str, Any], plan: bench.Plan, markov: MarkovRewr
                       per_group: int, seed: int) -> dict[str, pl.DataFrame]:
     """The validation day's failing steps, ``seen`` (typed in the days before it) and
     ``unseen``, up to ``per_group`` each."""
-    truth = data["truth"].filter((pl.col("day") == plan.days - 2) & ~pl.col("found"))
-    truth = truth.with_columns(
-        typed=pl.col("noisy").map_elements(normalize_query, return_dtype=pl.String))
-    truth = truth.with_columns(seen=pl.col("typed").is_in(markov.queries_["query"].implode()))
+    truth = bench.typed_and_seen(
+        data["truth"].filter((pl.col("day") == plan.days - 2) & ~pl.col("found")), markov)
     return {group: bench.sample(truth.filter(pl.col("seen") == (group == "seen")), per_group,
                                 seed) for group in ("unseen", "seen")}
 

@@ -269,8 +269,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if pairs.is_empty():
         raise RewriteCliError(f"--data {args.data}: no reformulations mined before the "
                               f"held-out last {args.validation:.0%} of the log")
-    console.print(f"mined {pairs.height:,} successful reformulations from "
-                  f"{fit_steps.height:,} queries; {held.height:,} held out", highlight=False)
+    identity = int((pairs["query"] == pairs["rewrite"]).sum())
+    console.print(f"mined {pairs.height - identity:,} successful reformulations from "
+                  f"{fit_steps.height:,} queries, with {identity:,} queries that succeed as "
+                  f"typed; {held.height:,} held out", highlight=False)
 
     # The LLM: SFT on the mined pairs, then DPO on the retriever's preferences.
     model, tokenizer = _base(args)
@@ -279,7 +281,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = sft.fit_sft(model, tokenizer, pairs, max_steps=args.steps,
                     batch_size=args.batch_size, seed=args.seed, progress=progress)
     info: dict[str, Any] = {"base": args.base, "sft_steps": args.steps,
-                            "sft_pairs": pairs.height, "dpo_steps": 0, "dpo_pairs": 0}
+                            "sft_pairs": pairs.height, "sft_identity_pairs": identity,
+                            "dpo_steps": 0, "dpo_pairs": 0}
     name = f"{args.base}-sft"
     if args.dpo_steps and retrieve is not None:
         from models.rewrite.dpo import fit_dpo, preference_pairs
@@ -300,7 +303,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             model = fit_dpo(model, tokenizer, preferences, max_steps=args.dpo_steps,
                             batch_size=args.batch_size, seed=args.seed, progress=progress,
                             lr=DPO_LR, beta=DPO_BETA, nll_weight=DPO_NLL_WEIGHT)
-            info.update(dpo_steps=args.dpo_steps, dpo_pairs=preferences.height)
+            info.update(dpo_steps=args.dpo_steps, dpo_pairs=preferences.height,
+                        dpo_lr=DPO_LR, dpo_beta=DPO_BETA, dpo_nll_weight=DPO_NLL_WEIGHT)
             name = f"{args.base}-dpo"
     llm = generate.LLMRewriter(model, tokenizer, name=name)
 

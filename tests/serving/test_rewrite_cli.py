@@ -110,6 +110,16 @@ def test_train_end_to_end_on_a_tiny_llama(store, tmp_path: Path, capsys) -> None
     # keeps its default threshold; test_train_validation_calibrates_the_gate covers the fit.
     gate = json.loads((out / "gate.json").read_text())
     assert gate["threshold"] == 0.7
+    # The artifact says what it was trained on and with: the SFT pairs split into mined
+    # reformulations and queries kept as typed, and DPO's settings.
+    from models.rewrite.artifact import METADATA
+    from models.rewrite.pipeline import DPO_BETA, DPO_LR, DPO_NLL_WEIGHT, IDENTITY_SHARE
+
+    meta = json.loads((out / "llm" / METADATA).read_text())
+    mined = meta["sft_pairs"] - meta["sft_identity_pairs"]
+    assert mined > 0 and meta["sft_identity_pairs"] == round(IDENTITY_SHARE * mined)
+    assert (meta["dpo_lr"], meta["dpo_beta"], meta["dpo_nll_weight"]) == (
+        DPO_LR, DPO_BETA, DPO_NLL_WEIGHT)
     capsys.readouterr()
     assert main(["rewrite", "grn sock", "--model", str(out), "--json"]) == 0
     decision = json.loads(capsys.readouterr().out)
